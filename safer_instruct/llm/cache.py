@@ -1,0 +1,127 @@
+"""A persistent response cache (SQLite), and an LLM wrapper that asks the model only on a miss.
+
+Keys hash the backend, model (with a fingerprint of local weights), prompt and sampling params,
+so rerunning the same work makes zero model calls. Failed decisions are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.llm.base import LLM, Decision, Generation, Prompt, SamplingParams, check_labels
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+
+
+def model_fingerprint(path: str) -> str:
+    """Sizes and mtimes of a local model folder's weight files: retrained weights change the key."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    stats = sorted(
+        (f.name, f.stat().st_size, int(f.stat().st_mtime))
+        for f in folder.iterdir()
+        if f.suffix in {".safetensors", ".bin", ".json"}
+    )
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+class ResponseCache:
+    """Thread-safe key → JSON store; every ``put_many`` is one committed transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(SCHEMA)
+            self._db.execute("SELECT count(*) FROM responses").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise SaferInstructError(
+                f"{self.path}: the response cache is corrupt ({err}). Move it aside and rerun; "
+                "finished pipeline results live in the run's state.sqlite and are not affected."
+            ) from err
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, value in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
+                    found[key] = json.loads(value)
+        return found
+
+    def put_many(self, items: dict[str, Any]) -> None:
+        now = time.time()
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
+                [(key, json.dumps(value), now) for key, value in items.items()],
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def cache_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class CachedLLM(LLM):
+    """Wraps a backend; ``misses`` counts prompts that reached the model."""
+
+    def __init__(self, inner: LLM, cache: ResponseCache, identity: str | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.cache = cache
+        self.backend = inner.backend
+        self.model_id = inner.model_id
+        self.usage = inner.usage
+        self.identity = identity or f"{inner.backend}:{inner.model_id}"
+        self.hits = 0
+        self.misses = 0
+
+    def _lookup(self, keys: list[str]) -> tuple[dict[str, Any], list[int]]:
+        found = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        return found, missing
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        keys = [cache_key(self.identity, "generate", p, params.as_dict()) for p in prompts]
+        found, missing = self._lookup(keys)
+        if missing:
+            fresh = self.inner.generate([prompts[i] for i in missing], params)
+            new = {keys[i]: asdict(g) for i, g in zip(missing, fresh)}
+            self.cache.put_many(new)
+            found.update(new)
+        return [Generation(**found[key]) for key in keys]
+
+    def decide(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> list[Decision]:
+        labels = check_labels(labels)
+        keys = [cache_key(self.identity, "decide", p, list(labels)) for p in prompts]
+        found, missing = self._lookup(keys)
+        if missing:
+            fresh = self.inner.decide([prompts[i] for i in missing], labels)
+            self.cache.put_many({keys[i]: asdict(d) for i, d in zip(missing, fresh) if d.ok})
+            found.update({keys[i]: asdict(d) for i, d in zip(missing, fresh)})
+        return [Decision(**found[key]) for key in keys]
+
+    def close(self) -> None:
+        self.inner.close()

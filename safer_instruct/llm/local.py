@@ -1,0 +1,208 @@
+"""In-process transformers backend: batched, left-padded, length-sorted; 4-bit and PEFT adapters."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from safer_instruct.config import LLMConfig
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.llm.base import LLM, Decision, Generation, Prompt, SamplingParams, check_labels
+from safer_instruct.models import explain_load_failure, resolve_model
+
+
+def pick_device(requested: str) -> str:
+    """``auto`` means CUDA when present, else CPU."""
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU that supports it, float32 otherwise (fastest on CPU)."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def adapter_base(adapter_dir: str) -> str:
+    """The base model an adapter folder was trained on."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise SaferInstructError(f"{config_file}: no base_model_name_or_path; pass the base model as `model`")
+    return base
+
+
+def load_model_and_tokenizer(config: LLMConfig):
+    """Load (base model [+ adapter], tokenizer) as the config says; tokenizer pads on the left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    adapter = resolve_model(config.adapter) if config.adapter else None
+    model_path = resolve_model(config.model)
+    if adapter is None and (Path(model_path) / "adapter_config.json").is_file():
+        adapter, model_path = model_path, resolve_model(adapter_base(model_path))
+    device = pick_device(config.device)
+    dtype = pick_dtype(config.dtype, device)
+    kwargs: dict = {"dtype": dtype}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(adapter or model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except OSError as err:
+        raise explain_load_failure(config.model, err) from err
+    if not config.load_in_4bit:
+        model.to(device)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+class LocalLLM(LLM):
+    """transformers in-process; one lock serialises use of the model across threads."""
+
+    backend = "local"
+
+    def __init__(self, config: LLMConfig, show_progress: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.model_id = config.model + (f"+{config.adapter}" if config.adapter else "")
+        self.model, self.tokenizer = load_model_and_tokenizer(config)
+        self.device = next(self.model.parameters()).device
+        self.show_progress = show_progress
+        self._lock = threading.Lock()
+
+    def render(self, prompt: Prompt) -> str:
+        """Chat messages through the chat template (with the generation prompt); raw text as is."""
+        if isinstance(prompt, str):
+            return prompt
+        if not self.tokenizer.chat_template:
+            raise SaferInstructError(f"model {self.model_id!r} has no chat template; give it raw text prompts")
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+    def _pad_left(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(row) for row in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=self.device)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _batches(self, encoded: list[list[int]], desc: str) -> Iterator[list[int]]:
+        """Indices in length-sorted batches (longest first), so padding stays small."""
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        size = self.config.batch_size
+        chunks = [order[start : start + size] for start in range(0, len(order), size)]
+        show = self.show_progress and len(chunks) > 1
+        yield from tqdm(chunks, desc=desc, unit="batch", disable=not show, leave=False)
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        encoded = self._encode([self.render(p) for p in prompts])
+        results: list[Generation | None] = [None] * len(prompts)
+        with self._lock, torch.inference_mode():
+            for batch in self._batches(encoded, f"generate [{self.model_id}]"):
+                for index, generation in zip(batch, self._generate_batch([encoded[i] for i in batch], params)):
+                    results[index] = generation
+                    self.usage.add(generation.prompt_tokens, generation.completion_tokens)
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, rows: list[list[int]], params: SamplingParams) -> list[Generation]:
+        inputs = self._pad_left(rows)
+        torch.manual_seed(params.seed)
+        sampling = {"do_sample": False} if params.greedy else {
+            "do_sample": True, "temperature": params.temperature, "top_p": params.top_p
+        }
+        stop = {"stop_strings": list(params.stop), "tokenizer": self.tokenizer} if params.stop else {}
+        output = self.model.generate(
+            **inputs,
+            **sampling,
+            **stop,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [self._to_generation(row, tokens, params) for row, tokens in zip(rows, new_tokens)]
+
+    def _to_generation(self, prompt_ids: list[int], tokens: torch.Tensor, params: SamplingParams) -> Generation:
+        eos_ids = self._eos_ids()
+        ids = tokens.tolist()
+        end = next((i for i, tok in enumerate(ids) if tok in eos_ids), None)
+        finish = "stop" if end is not None else "length"
+        ids = ids[:end] if end is not None else ids
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in params.stop:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        return Generation(text=text.strip(), prompt_tokens=len(prompt_ids), completion_tokens=len(ids), finish_reason=finish)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        return ids | {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
+
+    def decide(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> list[Decision]:
+        """Compare each label's log-probability as the answer's continuation; softmax over labels."""
+        labels = check_labels(labels)
+        rendered = [self.render(p) for p in prompts]
+        prompt_ids = self._encode(rendered)
+        label_ids = [[self._continuation(text, ids, label) for label in labels] for text, ids in zip(rendered, prompt_ids)]
+        decisions: list[Decision | None] = [None] * len(prompts)
+        with self._lock, torch.inference_mode():
+            for batch in self._batches(prompt_ids, f"decide [{self.model_id}]"):
+                scores = self._label_logprobs([prompt_ids[i] for i in batch], [label_ids[i] for i in batch])
+                for index, row in zip(batch, scores):
+                    probs = torch.softmax(torch.tensor(row), dim=0)
+                    best = int(probs.argmax())
+                    decisions[index] = Decision(label=labels[best], probability=float(probs[best]), raw=labels[best])
+                    self.usage.add(len(prompt_ids[index]), 1)
+        return decisions  # type: ignore[return-value]
+
+    def _continuation(self, text: str, prompt_ids: list[int], label: str) -> list[int]:
+        """The token ids ``label`` adds after the prompt."""
+        full = self.tokenizer(text + label, add_special_tokens=False)["input_ids"]
+        if full[: len(prompt_ids)] == prompt_ids:
+            return full[len(prompt_ids) :]
+        return self.tokenizer(label, add_special_tokens=False)["input_ids"]
+
+    def _label_logprobs(self, prompts: list[list[int]], labels: list[list[list[int]]]) -> list[list[float]]:
+        """Sum of log-probs of each label's tokens after its prompt, one forward pass per batch."""
+        sequences = [p + lab for p, per_prompt in zip(prompts, labels) for lab in per_prompt]
+        inputs = self._pad_left(sequences)
+        logprobs = torch.log_softmax(self.model(**inputs).logits.float(), dim=-1)
+        width = inputs["input_ids"].shape[1]
+        scores, k = [], 0
+        for per_prompt in labels:
+            row = []
+            for lab in per_prompt:
+                positions = range(width - len(lab), width)
+                row.append(sum(float(logprobs[k, pos - 1, tok]) for pos, tok in zip(positions, lab)))
+                k += 1
+            scores.append(row)
+        return scores
+
+    def close(self) -> None:
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
