@@ -1,0 +1,87 @@
+"""The local transformers backend on the real default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from safer_instruct.config import LLMConfig
+from safer_instruct.llm import SamplingParams, make_llm
+from safer_instruct.llm.local import LocalLLM
+
+QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write one sentence about the sea.", "What is 2 + 2?"]
+CHATS = [[{"role": "user", "content": q}] for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def local_llm(default_model_dir: Path) -> LocalLLM:
+    return make_llm(LLMConfig(model="default", batch_size=4), show_progress=False)  # type: ignore[return-value]
+
+
+def test_batched_greedy_matches_one_at_a_time(local_llm: LocalLLM) -> None:
+    params = SamplingParams(max_new_tokens=24)
+    batched = local_llm.generate(CHATS, params)
+    single = [local_llm.generate([chat], params)[0] for chat in CHATS]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert "Paris" in batched[0].text
+    for generation in batched:
+        assert generation.prompt_tokens > 10 and 0 < generation.completion_tokens <= 24
+        assert generation.finish_reason in {"stop", "length"}
+    assert local_llm.usage.requests >= 8
+
+
+def test_stop_strings_and_raw_prompts(local_llm: LocalLLM) -> None:
+    raw = "Below is a response to a certain instruction. Write the instruction that the response is trying to complete.\n\n### response:\nParis is the capital of France.\n\n### Instruction:\n"
+    free = local_llm.generate([raw], SamplingParams(max_new_tokens=30))[0]
+    stopped = local_llm.generate([raw], SamplingParams(max_new_tokens=30, stop=("France",)))[0]
+    assert "France" not in stopped.text and stopped.finish_reason == "stop"
+    assert len(stopped.text) < len(free.text)
+
+
+def test_sampling_is_seeded(local_llm: LocalLLM) -> None:
+    def sample(seed: int) -> list[str]:
+        params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=seed)
+        return [g.text for g in local_llm.generate(CHATS[1:3], params)]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_decide_returns_a_label_with_a_probability(local_llm: LocalLLM) -> None:
+    prompts = [[{"role": "user", "content": f"Is this a colour: {word}? Answer yes or no."}] for word in ["red", "blue"]]
+    decisions = local_llm.decide(prompts, ["yes", "no"])
+    for decision in decisions:
+        assert decision.ok and decision.label in {"yes", "no"}
+        assert 0.5 <= decision.probability <= 1.0
+    with pytest.raises(ValueError, match="prefix"):
+        local_llm.decide(prompts, ["safe", "safest"])
+
+
+def test_peft_adapter_folder_loads_and_changes_answers(default_model_dir: Path, tmp_path: Path, local_llm: LocalLLM) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(default_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(50)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp_path / "adapter")
+
+    params = SamplingParams(max_new_tokens=12)
+    with_adapter = make_llm(LLMConfig(model="default", adapter=str(tmp_path / "adapter")), show_progress=False)
+    adapter_as_model = make_llm(LLMConfig(model=str(tmp_path / "adapter")), show_progress=False)
+    expected = with_adapter.generate(CHATS[:1], params)[0].text
+    assert adapter_as_model.generate(CHATS[:1], params)[0].text == expected
+    assert expected != local_llm.generate(CHATS[:1], params)[0].text
+
+
+def test_4bit_loading_generates(default_model_dir: Path) -> None:
+    llm = make_llm(LLMConfig(model="default", load_in_4bit=True), show_progress=False)
+    assert "Linear4bit" in {type(m).__name__ for m in llm.model.modules()}  # type: ignore[attr-defined]
+    generation = llm.generate(CHATS[:1], SamplingParams(max_new_tokens=8))[0]
+    assert generation.text and generation.completion_tokens > 0
