@@ -1,0 +1,216 @@
+"""The shipped demo and evaluation data: well-formed, balanced, deduplicated and decontaminated."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILDER = ROOT / "builders" / "data"
+EVAL = ROOT / "safer_instruct" / "evaluate" / "data"
+
+SAFETY_CATEGORIES = {"hate", "dangerous", "illegal", "self-harm"}
+JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 each
+    "refusal_then_harmful", "harmful_with_disclaimer", "safe_quotes_risky_word",
+    "plain_refusal", "helpful_benign", "partial_hedged",
+}
+SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
+    "builders/data/reverse_pairs.jsonl": {"instruction": str, "input": str, "output": str},
+    "builders/data/harmful_responses.jsonl": {"id": str, "text": str, "category": str},
+    "builders/data/helpfulness_pairs.jsonl": {"prompt": str, "chosen": str, "rejected": str, "looks_risky": bool},
+    "safer_instruct/evaluate/data/unsafe.jsonl": {"prompt": str, "category": str},
+    "safer_instruct/evaluate/data/benign_risky.jsonl": {"prompt": str, "category": str},
+    "safer_instruct/evaluate/data/benign.jsonl": {"prompt": str, "category": str},
+    "safer_instruct/evaluate/data/judge_labelled.jsonl": {"prompt": str, "answer": str, "harmful": bool, "note": str},
+}
+MAY_BE_EMPTY = {"input"}
+PII_PATTERNS = {
+    "email": re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+"),
+    "phone": re.compile(r"\+?\d[\d ()-]{7,}\d"),
+    "handle": re.compile(r"(?<![\w.])@\w+"),
+    "reddit user": re.compile(r"\bu/\w+"),
+    "url": re.compile(r"https?://\S+"),
+}
+
+
+def rows(relative: str) -> list[dict]:
+    lines = (ROOT / relative).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def normalised(text: str) -> str:
+    return " ".join(words(text))
+
+
+def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    tokens = words(text)
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+STOPWORDS = set(
+    "a an the i i'm my me to of in on and or for is it it's do does how what can you your with that this "
+    "be at by from are so".split()
+)
+
+
+def content_jaccard(a: str, b: str) -> float:
+    left, right = set(words(a)) - STOPWORDS, set(words(b)) - STOPWORDS
+    return len(left & right) / len(left | right) if left and right else 0.0
+
+
+def builder_texts() -> list[str]:
+    """Every instruction, prompt and response in the builder data."""
+    texts = [r[f] for r in rows("builders/data/reverse_pairs.jsonl") for f in ("instruction", "input", "output") if r[f]]
+    texts += [r["text"] for r in rows("builders/data/harmful_responses.jsonl")]
+    texts += [r[f] for r in rows("builders/data/helpfulness_pairs.jsonl") for f in ("prompt", "chosen", "rejected")]
+    return texts
+
+
+def builder_prompts() -> list[str]:
+    """The builder data's requests (the texts an eval prompt could be confused with)."""
+    return [r["instruction"] for r in rows("builders/data/reverse_pairs.jsonl")] + [
+        r["prompt"] for r in rows("builders/data/helpfulness_pairs.jsonl")
+    ]
+
+
+def eval_prompts() -> list[str]:
+    prompts = [r["prompt"] for name in ("unsafe", "benign_risky", "benign") for r in rows(f"safer_instruct/evaluate/data/{name}.jsonl")]
+    return prompts + [r["prompt"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
+
+
+def eval_texts() -> list[str]:
+    return eval_prompts() + [r["answer"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
+
+
+@pytest.mark.parametrize("relative", sorted(SCHEMAS))
+def test_every_row_has_its_fields_with_the_right_types(relative: str) -> None:
+    lines = (ROOT / relative).read_text(encoding="utf-8").splitlines()
+    assert lines, f"{relative} is empty"
+    for number, line in enumerate(lines, start=1):
+        record = json.loads(line)
+        assert isinstance(record, dict), f"{relative}:{number} is not an object"
+        for field, kind in SCHEMAS[relative].items():
+            assert isinstance(record.get(field), kind), f"{relative}:{number}: `{field}` is not {kind.__name__}"
+            if kind is str and field not in MAY_BE_EMPTY:
+                assert record[field].strip(), f"{relative}:{number}: `{field}` is empty"
+
+
+def test_builder_files_have_the_planned_sizes_and_categories() -> None:
+    assert 90 <= len(rows("builders/data/reverse_pairs.jsonl")) <= 120
+    harmful = rows("builders/data/harmful_responses.jsonl")
+    assert Counter(r["category"] for r in harmful) == {c: 16 for c in SAFETY_CATEGORIES}
+    assert all(r["id"].startswith(r["category"] + "-") for r in harmful)
+    helpfulness = rows("builders/data/helpfulness_pairs.jsonl")
+    assert 55 <= len(helpfulness) <= 70
+    assert 12 <= sum(r["looks_risky"] for r in helpfulness) <= 20
+    assert all(normalised(r["chosen"]) != normalised(r["rejected"]) for r in helpfulness)
+
+
+def test_eval_sets_have_the_planned_sizes_and_categories() -> None:
+    assert Counter(r["category"] for r in rows("safer_instruct/evaluate/data/unsafe.jsonl")) == {c: 10 for c in SAFETY_CATEGORIES}
+    risky = Counter(r["category"] for r in rows("safer_instruct/evaluate/data/benign_risky.jsonl"))
+    assert sum(risky.values()) == 40 and set(risky) == {"homonym", "safety", "history", "fiction", "figurative"}
+    benign = Counter(r["category"] for r in rows("safer_instruct/evaluate/data/benign.jsonl"))
+    assert sum(benign.values()) == 40 and set(benign) == {"writing", "knowledge", "advice", "coding", "math"}
+
+
+def test_judge_set_is_balanced_and_covers_the_tricky_cases() -> None:
+    cases = rows("safer_instruct/evaluate/data/judge_labelled.jsonl")
+    assert len(cases) == 48
+    assert sum(c["harmful"] for c in cases) == 24
+    kinds = Counter(c["note"].split(":", 1)[0] for c in cases)
+    for kind in JUDGE_CASE_KINDS:
+        assert kinds[kind] >= 4, f"only {kinds[kind]} judge cases of kind {kind}"
+    by_kind = {kind: {c["harmful"] for c in cases if c["note"].startswith(kind + ":")} for kind in kinds}
+    assert by_kind["refusal_then_harmful"] == by_kind["harmful_with_disclaimer"] == {True}
+    assert by_kind["plain_refusal"] == by_kind["safe_quotes_risky_word"] == by_kind["helpful_benign"] == {False}
+    assert by_kind["partial_hedged"] == {True, False}
+
+
+@pytest.mark.parametrize("relative, fields", [
+    ("builders/data/reverse_pairs.jsonl", ("instruction", "input")),
+    ("builders/data/harmful_responses.jsonl", ("text",)),
+    ("builders/data/harmful_responses.jsonl", ("id",)),
+    ("builders/data/helpfulness_pairs.jsonl", ("prompt",)),
+    ("safer_instruct/evaluate/data/unsafe.jsonl", ("prompt",)),
+    ("safer_instruct/evaluate/data/benign_risky.jsonl", ("prompt",)),
+    ("safer_instruct/evaluate/data/benign.jsonl", ("prompt",)),
+    ("safer_instruct/evaluate/data/judge_labelled.jsonl", ("prompt",)),
+])
+def test_no_duplicates_within_a_file(relative: str, fields: tuple[str, ...]) -> None:
+    # harmful_responses holds deliberate near-duplicates (punctuation changes), so its texts compare exactly
+    exact = relative.endswith("harmful_responses.jsonl")
+    keys = [tuple(r[f] if exact else normalised(r[f]) for f in fields) for r in rows(relative)]
+    repeated = [key for key, count in Counter(keys).items() if count > 1]
+    assert not repeated, f"{relative}: repeated {fields}: {repeated}"
+
+
+def test_near_duplicate_and_pii_rows_are_the_noted_ones() -> None:
+    harmful = {r["id"]: r for r in rows("builders/data/harmful_responses.jsonl")}
+    noted = {i: r["note"] for i, r in harmful.items() if r.get("note")}
+    near = {i: re.search(r"near-duplicate of ([\w-]+)", note) for i, note in noted.items()}
+    near = {i: match.group(1) for i, match in near.items() if match}
+    assert len(near) == 3
+    for copy, original in near.items():
+        assert original in harmful and original not in noted
+        assert content_jaccard(harmful[copy]["text"], harmful[original]["text"]) >= 0.8
+    with_pii = {i for i, r in harmful.items() if any(p.search(r["text"]) for p in PII_PATTERNS.values())}
+    assert with_pii == {i for i, note in noted.items() if "personal data" in note}
+    assert len(with_pii) == 2
+    found = {kind for kind, p in PII_PATTERNS.items() for i in with_pii if p.search(harmful[i]["text"])}
+    assert found == set(PII_PATTERNS)
+
+
+def test_eval_sets_share_no_text_or_8_gram_with_builder_data() -> None:
+    builder = builder_texts()
+    exact = {normalised(t) for t in builder}
+    grams = set().union(*(ngrams(t) for t in builder))
+    for text in eval_texts():
+        assert normalised(text) not in exact, f"eval text also in builder data: {text!r}"
+        shared = ngrams(text) & grams
+        assert not shared, f"eval text shares an 8-gram with builder data: {text!r}: {sorted(shared)[:1]}"
+
+
+def test_eval_prompts_are_not_rewordings_of_builder_requests() -> None:
+    requests = builder_prompts()
+    for prompt in eval_prompts():
+        closest = max(requests, key=lambda r: content_jaccard(prompt, r))
+        assert content_jaccard(prompt, closest) < 0.5, f"{prompt!r} is close to builder request {closest!r}"
+
+
+def test_eval_files_load_with_the_evaluation_loaders() -> None:
+    from safer_instruct.evaluate.sets import PromptSetConfig, load_labelled, load_prompt_set
+
+    for kind in ("unsafe", "benign_risky", "benign"):
+        assert len(load_prompt_set(PromptSetConfig(kind=kind))) == 40
+    assert len(load_labelled()) == 48
+
+
+def test_builder_files_load_with_datasets(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    for name, fields in [
+        ("reverse_pairs", {"instruction", "input", "output"}),
+        ("harmful_responses", {"id", "text", "category", "note"}),
+        ("helpfulness_pairs", {"prompt", "chosen", "rejected", "looks_risky"}),
+    ]:
+        dataset = load_dataset("json", data_files=str(BUILDER / f"{name}.jsonl"), split="train", cache_dir=str(tmp_path))
+        assert set(dataset.column_names) == fields
+        assert dataset.num_rows == len(rows(f"builders/data/{name}.jsonl"))
+
+
+@pytest.mark.parametrize("folder", [BUILDER, EVAL])
+def test_data_readmes_carry_a_content_warning_and_the_license(folder: Path) -> None:
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert "content warning" in text.lower()
+    assert "Apache-2.0" in text
+    for data_file in folder.glob("*.jsonl"):
+        assert data_file.name in text, f"{folder}/README.md does not describe {data_file.name}"
