@@ -24,8 +24,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/safer-instruct demo --run-dir $(RUN_DIR)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# the Space's browser test drives Debian's chromium; install it when missing and we may
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the browser test will be skipped"
 
 bench: setup
 	$(BIN)/python bench/generation.py --json bench/results/generation.json
