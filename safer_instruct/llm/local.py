@@ -61,7 +61,8 @@ def load_model_and_tokenizer(config: LLMConfig):
         )
         kwargs["device_map"] = {"": device}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(adapter or model_path)
+        has_own_tokenizer = adapter and (Path(adapter) / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(adapter if has_own_tokenizer else model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     except OSError as err:
         raise explain_load_failure(config.model, err) from err
@@ -131,19 +132,20 @@ class LocalLLM(LLM):
     def _generate_batch(self, rows: list[list[int]], params: SamplingParams) -> list[Generation]:
         inputs = self._pad_left(rows)
         torch.manual_seed(params.seed)
-        sampling = {"do_sample": False} if params.greedy else {
-            "do_sample": True, "temperature": params.temperature, "top_p": params.top_p
-        }
-        stop = {"stop_strings": list(params.stop), "tokenizer": self.tokenizer} if params.stop else {}
-        output = self.model.generate(
-            **inputs,
-            **sampling,
-            **stop,
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        output = self.model.generate(**inputs, **self._decoding_kwargs(params))
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [self._to_generation(row, tokens, params) for row, tokens in zip(rows, new_tokens)]
+
+    def _decoding_kwargs(self, params: SamplingParams) -> dict:
+        """``model.generate`` arguments for these sampling params."""
+        kwargs: dict = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if params.greedy:
+            kwargs["do_sample"] = False
+        else:
+            kwargs |= {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        if params.stop:
+            kwargs |= {"stop_strings": list(params.stop), "tokenizer": self.tokenizer}
+        return kwargs
 
     def _to_generation(self, prompt_ids: list[int], tokens: torch.Tensor, params: SamplingParams) -> Generation:
         eos_ids = self._eos_ids()
@@ -156,6 +158,46 @@ class LocalLLM(LLM):
             if stop in text:
                 text, finish = text[: text.index(stop)], "stop"
         return Generation(text=text.strip(), prompt_tokens=len(prompt_ids), completion_tokens=len(ids), finish_reason=finish)
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
+        """Yield one answer's text piece by piece as it is generated (holds the model lock meanwhile).
+
+        Closing the iterator early stops the generation at the next token. Stop strings end the
+        answer and are not yielded; leading whitespace is dropped, like ``generate``'s strip.
+        """
+        from transformers import TextIteratorStreamer
+
+        ids = self._encode([self.render(prompt)])[0]
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancelled = threading.Event()
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                inputs = self._pad_left([ids])
+                torch.manual_seed(params.seed)
+                with torch.inference_mode():
+                    output = self.model.generate(
+                        **inputs, **self._decoding_kwargs(params), streamer=streamer,
+                        stopping_criteria=_stop_when_set(cancelled),
+                    )
+                outcome["tokens"] = output.shape[1] - inputs["input_ids"].shape[1]
+            except BaseException as err:  # surfaced in the consuming thread below
+                outcome["error"] = err
+                streamer.end()
+
+        with self._lock:
+            worker = threading.Thread(target=run, name=f"stream [{self.model_id}]", daemon=True)
+            worker.start()
+            try:
+                yield from _until_stop(streamer, params.stop)
+            finally:
+                cancelled.set()
+                worker.join()
+                if "tokens" in outcome:
+                    self.usage.add(len(ids), outcome["tokens"])
+        if "error" in outcome:
+            raise outcome["error"]
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -206,3 +248,38 @@ class LocalLLM(LLM):
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _stop_when_set(event: threading.Event):
+    """Stopping criteria that end generation once ``event`` is set (a closed stream)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
+
+
+def _until_stop(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Re-chunk streamed text: no leading whitespace, nothing from the first stop string on.
+
+    A tail that could still become a stop string is held back until the next piece decides it.
+    """
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        if not text.strip():
+            continue
+        text = text.lstrip()
+        cut = min((text.index(s) for s in stops if s in text), default=None)
+        if cut is not None:
+            if cut > sent:
+                yield text[sent:cut]
+            return
+        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        if len(text) - hold > sent:
+            yield text[sent : len(text) - hold]
+            sent = len(text) - hold
+    if len(text) > sent:
+        yield text[sent:]
