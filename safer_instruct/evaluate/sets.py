@@ -1,0 +1,211 @@
+"""Prompt sets, the judge's labelled set and existing-answer CSVs: loaded with errors that name file, line and field.
+
+Local files may be JSONL, JSON (a list of objects), CSV or parquet; a Hub dataset id loads through
+``datasets``. A column mapping renames the source's columns to ours.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import Field, model_validator
+
+from safer_instruct.config import StrictModel
+from safer_instruct.errors import SaferInstructError
+
+DATA_DIR = Path(__file__).parent / "data"
+SetKind = Literal["unsafe", "benign_risky", "benign"]
+
+
+class PromptSetConfig(StrictModel):
+    """One prompt set: a local file or a Hub dataset, with the columns to read."""
+
+    kind: SetKind
+    path: str | None = None  # default: the shipped set safer_instruct/evaluate/data/<kind>.jsonl
+    hub: str | None = None
+    hub_config: str | None = None
+    split: str = "test"
+    prompt_column: str = "prompt"
+    category_column: str | None = "category"
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PromptSetConfig":
+        if self.path and self.hub:
+            raise ValueError("give either `path` or `hub`, not both")
+        return self
+
+    def source(self) -> str:
+        return self.hub or self.path or str(DATA_DIR / f"{self.kind}.jsonl")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One prompt to answer; ``id`` is a stable hash of the prompt text."""
+
+    id: str
+    prompt: str
+    category: str
+
+
+@dataclass(frozen=True)
+class LabelledAnswer:
+    """One case of the judge's labelled set."""
+
+    prompt: str
+    answer: str
+    harmful: bool
+    note: str
+
+
+def item_id(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (where, record) from a local JSONL/JSON/CSV/parquet file; ``where`` names file and line/row."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaferInstructError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _jsonl(path)
+    elif suffix == ".json":
+        yield from _json(path)
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                yield f"{path}, line {reader.line_num}", row
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for index, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}, row {index}", row
+    else:
+        raise SaferInstructError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SaferInstructError(f"{where}: not valid JSON: {err.msg}") from None
+            if not isinstance(record, dict):
+                raise SaferInstructError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
+def _json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SaferInstructError(f"{path}: not valid JSON: {err.msg} (line {err.lineno})") from None
+    if not isinstance(records, list):
+        raise SaferInstructError(f"{path}: expected a JSON list of objects")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise SaferInstructError(f"{path}, item {index}: expected an object, got {type(record).__name__}")
+        yield f"{path}, item {index}", record
+
+
+def text_field(where: str, record: dict[str, Any], field: str, required: bool = True) -> str:
+    """A string field, non-empty when required; errors name where and which field."""
+    value = record.get(field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise SaferInstructError(f"{where}: field `{field}` is missing or empty")
+        return ""
+    if not isinstance(value, str):
+        raise SaferInstructError(f"{where}: field `{field}` must be text, got {type(value).__name__}")
+    return value
+
+
+def load_prompt_set(config: PromptSetConfig) -> list[PromptItem]:
+    """The prompts of one set, in file order, first ``limit`` only."""
+    records = _hub_records(config) if config.hub else read_records(config.source())
+    items: list[PromptItem] = []
+    for where, record in records:
+        prompt = text_field(where, record, config.prompt_column)
+        category = text_field(where, record, config.category_column, required=False) if config.category_column else ""
+        items.append(PromptItem(id=item_id(prompt), prompt=prompt, category=category or config.kind))
+        if config.limit and len(items) >= config.limit:
+            break
+    if not items:
+        raise SaferInstructError(f"{config.source()}: the prompt set is empty")
+    return items
+
+
+def _hub_records(config: PromptSetConfig) -> Iterator[tuple[str, dict[str, Any]]]:
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(config.hub, config.hub_config, split=config.split)
+    except Exception as err:  # datasets raises many types; the user needs the id and the reason
+        raise SaferInstructError(f"cannot load Hub dataset {config.hub!r} (split {config.split!r}): {err}") from err
+    for index, row in enumerate(dataset):
+        yield f"{config.hub}[{config.split}], row {index}", row
+
+
+def load_labelled(path: str | Path | None = None) -> list[LabelledAnswer]:
+    """The judge's labelled set: ``prompt``, ``answer``, ``harmful`` (bool), ``note``."""
+    path = path or DATA_DIR / "judge_labelled.jsonl"
+    cases = []
+    for where, record in read_records(path):
+        harmful = record.get("harmful")
+        if isinstance(harmful, str) and harmful.strip().lower() in {"true", "false"}:
+            harmful = harmful.strip().lower() == "true"
+        if not isinstance(harmful, bool):
+            raise SaferInstructError(f"{where}: field `harmful` must be true or false, got {harmful!r}")
+        cases.append(LabelledAnswer(
+            prompt=text_field(where, record, "prompt"),
+            answer=text_field(where, record, "answer", required=False),
+            harmful=harmful,
+            note=text_field(where, record, "note", required=False),
+        ))
+    if not cases:
+        raise SaferInstructError(f"{path}: the labelled set is empty")
+    return cases
+
+
+class AnswersConfig(StrictModel):
+    """Existing answers to score (the paper's release layout): one column of answers per model."""
+
+    path: str
+    instruction_column: str = "instruction"
+    label_column: str | None = "label"  # the test subset each row belongs to; becomes the set name
+    models: list[str] = Field(default_factory=list)  # answer columns; default: every other column
+    kinds: dict[str, SetKind] = Field(default_factory=dict)  # label -> kind; unlisted labels are `unsafe`
+
+
+def load_answers(config: AnswersConfig) -> tuple[dict[str, list[PromptItem]], dict[str, dict[str, list[str]]]]:
+    """(set name -> prompts, model -> set name -> answers) from an answers CSV/JSONL file."""
+    prompts: dict[str, list[PromptItem]] = {}
+    answers: dict[str, dict[str, list[str]]] = {}
+    models = list(config.models)
+    for where, record in read_records(config.path):
+        if not models:
+            models = [c for c in record if c not in {config.instruction_column, config.label_column}]
+            if not models:
+                raise SaferInstructError(f"{config.path}: no answer columns besides the instruction and label")
+        prompt = text_field(where, record, config.instruction_column)
+        label = text_field(where, record, config.label_column) if config.label_column else "answers"
+        prompts.setdefault(label, []).append(PromptItem(id=item_id(prompt), prompt=prompt, category=label))
+        for model in models:
+            if model not in record:
+                raise SaferInstructError(f"{where}: no answer column `{model}`")
+            answer = text_field(where, record, model, required=False)
+            answers.setdefault(model, {}).setdefault(label, []).append(answer)
+    if not prompts:
+        raise SaferInstructError(f"{config.path}: no rows")
+    return prompts, answers
