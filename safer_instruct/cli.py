@@ -56,53 +56,186 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. induce.candidates=2")
 
 
+def _run_build(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from safer_instruct.pipeline import build_from_file
+
+    result = build_from_file(args.config, args.run_dir, args.overrides, console=Console())
+    print(f"dataset: {result.dataset_dir} ({', '.join(f'{k} {v}' for k, v in result.splits.items())}); funnel: {result.dataset_dir / 'funnel.json'}")
+    return 0
+
+
 def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", choices=["reverse-sft", "sft", "dpo"])
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and TRL-style overrides")
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from safer_instruct.training import main as train_main
+
+    return train_main(args.method, args.script_args)
+
+
 def _add_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="evaluation config YAML")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--config", required=True, help="evaluation config YAML, e.g. safer_instruct/evaluate/configs/demo.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. out_dir=runs/x sets.unsafe.limit=5")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from safer_instruct.evaluate import load_eval_config, run_eval, write_report
+
+    config = load_eval_config(args.config, args.overrides)
+    results = run_eval(config)
+    paths = write_report(results, config.out_dir, console=Console())
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 def _add_publish(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Every repo is created private, then uploaded; the dataset is then gated (manual review). "
+                     "The token comes from HF_TOKEN or `hf auth login` and is never printed or written.")
     parser.add_argument("what", choices=["dataset", "model", "space"])
-    parser.add_argument("source", nargs="?", help="run dir (dataset) or checkpoint folder (model)")
+    parser.add_argument("source", nargs="?", help="run dir (dataset), checkpoint folder (model), Space folder (space; default spaces/compare)")
     parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
-    parser.add_argument("--local-dir", help="where to write the repo folder first")
-    parser.add_argument("--dry-run", action="store_true", help="write the folder, push nothing")
+    parser.add_argument("--local-dir", help="where to write the repo folder first (default: <run>/release/<what>)")
+    parser.add_argument("--dry-run", action="store_true", help="write the folder and show the steps, push nothing")
+    parser.add_argument("--visible", action="store_true", help="make the repo visible after the upload (the dataset stays gated)")
+    parser.add_argument("--public", action="store_true", help="dataset: visible AND ungated (needs --allow-ungated)")
+    parser.add_argument("--no-gate", action="store_true", help="dataset: no access review (needs --allow-ungated)")
+    parser.add_argument("--allow-ungated", action="store_true", help="confirm --public / --no-gate for the dataset")
+    parser.add_argument("--license", help="licence id (default: cc-by-nc-4.0 for the dataset, apache-2.0 for a model)")
+    parser.add_argument("--dataset-id", help="model, space: the gated dataset repo the card links to")
+    parser.add_argument("--eval", dest="eval_results", help="model: eval results.json (default: <run>/eval/results.json)")
+    parser.add_argument("--base-model", help="model: the base model's Hub id (default: read from the adapter); space: BASE_MODEL")
+    parser.add_argument("--recipe", help="model: the training recipe YAML, listed in the card")
+    parser.add_argument("--aligned-model", help="space: ALIGNED_MODEL, the published aligned model repo")
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from safer_instruct.hub import check_release_flags, publish_dataset, publish_model, publish_space
+
+    check_release_flags(args.what, public=args.public, no_gate=args.no_gate, allow_ungated=args.allow_ungated)
+    if args.what != "space" and not args.source:
+        raise SaferInstructError(f"publish {args.what} needs a {'run dir' if args.what == 'dataset' else 'checkpoint folder'}")
+    common = {"local_dir": args.local_dir, "dry_run": args.dry_run, "visible": args.visible}
+    if args.license and args.what != "space":
+        common["license"] = args.license
+    if args.what == "dataset":
+        release = publish_dataset(args.source, args.repo_id, public=args.public, no_gate=args.no_gate,
+                                  allow_ungated=args.allow_ungated, **common)
+    elif args.what == "model":
+        release = publish_model(args.source, args.repo_id, dataset_id=args.dataset_id, eval_results=args.eval_results,
+                                base_model=args.base_model, recipe=args.recipe, **common)
+    else:
+        if not (args.base_model and args.aligned_model):
+            raise SaferInstructError("publish space needs --base-model and --aligned-model (Hub ids)")
+        source = {"source_dir": args.source} if args.source else {}
+        release = publish_space(args.repo_id, base_model=args.base_model, aligned_model=args.aligned_model,
+                                dataset_id=args.dataset_id, **source, **common)
+    print(f"wrote {release.folder}")
+    print(("would run:" if args.dry_run else "ran:") + "".join(f"\n  {i}. {step}" for i, step in enumerate(release.steps, 1)))
+    if release.url:
+        print(f"pushed {release.url}")
+    return 0
 
 
 def _add_access(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "review decides pending requests from their form answers by --policy (default: the card's form)."
     parser.add_argument("action", choices=["list", "accept", "reject", "grant", "review"])
     parser.add_argument("repo", help="gated dataset repo id")
+    parser.add_argument("user", nargs="?", help="accept, reject, grant: the Hub username")
+    parser.add_argument("--reason", help="reject: why (the requester sees it; required)")
+    parser.add_argument("--status", choices=["pending", "accepted", "rejected"], default="pending", help="list: which requests")
+    parser.add_argument("--policy", help="review: policy YAML (required answers, allowed uses, agreements)")
+    parser.add_argument("--dry-run", action="store_true", help="review: show the decisions, apply and log nothing")
+    parser.add_argument("--audit-log", help="JSONL audit log (default: runs/access/<org>--<name>.jsonl)")
+    parser.add_argument("--repo-type", choices=["dataset", "model"], default="dataset")
+
+
+def _run_access(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from safer_instruct.hub import access
+    from safer_instruct.hub.gating import AFFILIATION, INTENDED_USE
+
+    console = Console()
+    audit_log = args.audit_log or access.default_audit_log(args.repo)
+    if args.action == "list":
+        table = Table("user", "status", "requested", "affiliation", "intended use", title=f"{args.status} requests: {args.repo}")
+        for request in access.list_requests(args.repo, args.status, repo_type=args.repo_type):
+            fields = request.fields or {}
+            table.add_row(request.username or request.request_id, request.status, f"{request.timestamp:%Y-%m-%d %H:%M}",
+                          str(fields.get(AFFILIATION, "")), str(fields.get(INTENDED_USE, "")))
+        console.print(table)
+    elif args.action == "review":
+        policy = access.load_policy(args.policy)
+        decisions = access.review(args.repo, policy, audit_log=audit_log, dry_run=args.dry_run, repo_type=args.repo_type)
+        table = Table("user", "decision", "reason", title=f"access review of {args.repo}" + (" (dry run: nothing applied)" if args.dry_run else ""))
+        for decision in decisions:
+            table.add_row(decision.user or decision.request_id, decision.decision, decision.reason)
+        console.print(table if decisions else f"no pending requests on {args.repo}")
+        if decisions and not args.dry_run:
+            print(f"audit log: {audit_log}")
+    else:
+        if not args.user:
+            raise SaferInstructError(f"access {args.action} needs the Hub username")
+        decision = access.handle(args.repo, args.user, args.action, reason=args.reason, audit_log=audit_log, repo_type=args.repo_type)
+        print(f"{decision.decision}: {decision.user} ({decision.reason}); audit log: {audit_log}")
+    return 0
 
 
 def _add_space(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Any setting can also come from its environment variable (BASE_MODEL, ALIGNED_ADAPTER, JUDGE_MODEL, ...)."
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 to share on the network)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--base", help="base model (default: BASE_MODEL or the embedded default model)")
+    parser.add_argument("--aligned", help="aligned model folder or Hub id (default: ALIGNED_MODEL or runs/demo/models/dpo)")
+    parser.add_argument("--aligned-adapter", help="PEFT adapter over the base model, as the aligned model")
+    parser.add_argument("--judge", help="harm judge model whose verdict joins each badge (default: none)")
+    parser.add_argument("--votes", help="JSONL file the votes are appended to (default: runs/space/votes.jsonl)")
+
+
+def _run_space(args: argparse.Namespace) -> int:
+    from safer_instruct.space import SpaceSettings, build_app, launch
+
+    settings = SpaceSettings.from_env(
+        base_model=args.base, aligned_model=args.aligned, aligned_adapter=args.aligned_adapter,
+        judge_model=args.judge, votes_path=args.votes,
+    )
+    print(f"loading models: base {settings.base_model!r}, aligned {settings.aligned_model or 'none yet'!r}", flush=True)
+    launch(build_app(settings), server_name=args.host, server_port=args.port)
+    return 0
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="runs/demo")
     parser.add_argument("--tiny", action="store_true", help="a reduced demo: few items and steps")
+    parser.add_argument("--push", action="store_true", help="push the release repos (needs a Hub token and network)")
+    parser.add_argument("--org", help="Hub user or organisation to publish under (with --push)")
 
 
-def _not_yet(name: str) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        raise SaferInstructError(f"`safer-instruct {name}` is not part of this version yet")
+def _run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
-    return run
+    from safer_instruct.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(run_dir=Path(args.run_dir), tiny=args.tiny, push=args.push, org=args.org))
+    return 0
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
-    "build": ("build the safety preference dataset (collect → induce → filter → respond → self-evaluate → assemble)", _add_build, _not_yet("build")),
-    "train": ("train the reversed model, SFT or DPO (TRL; LoRA/QLoRA/full)", _add_train, _not_yet("train")),
-    "eval": ("evaluate models: harmlessness, over-refusal, helpfulness", _add_eval, _not_yet("eval")),
-    "publish": ("write and push the gated dataset, model or Space repo", _add_publish, _not_yet("publish")),
-    "access": ("review access requests to the gated dataset", _add_access, _not_yet("access")),
-    "space": ("run the side-by-side comparison Space locally", _add_space, _not_yet("space")),
-    "demo": ("the whole kit end to end, offline, on the default model", _add_demo, _not_yet("demo")),
+    "build": ("build the safety preference dataset (collect → induce → filter → respond → self-evaluate → assemble)", _add_build, _run_build),
+    "train": ("train the reversed model, SFT or DPO (TRL; LoRA/QLoRA/full)", _add_train, _run_train),
+    "eval": ("evaluate models: harmlessness, over-refusal, helpfulness", _add_eval, _run_eval),
+    "publish": ("write and push the gated dataset, model or Space repo", _add_publish, _run_publish),
+    "access": ("review access requests to the gated dataset", _add_access, _run_access),
+    "space": ("run the side-by-side comparison Space locally", _add_space, _run_space),
+    "demo": ("the whole kit end to end, offline, on the default model", _add_demo, _run_demo),
     "models": ("list, resolve and prepare models", _add_models, _run_models),
 }
 

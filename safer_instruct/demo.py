@@ -1,0 +1,204 @@
+"""The main job: the whole kit end to end, offline, on the embedded default model.
+
+prepare model → build dataset (reverse-tune, induce, filter, respond, self-evaluate, assemble) →
+SFT → DPO (LoRA) → evaluate base vs aligned → write (or push) the release folders → summary.
+Every step resumes: the pipeline from its state store, training from its last checkpoint, the
+evaluation from the response cache; a finished step is skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.models import DEFAULT_MODEL_HUB_ID, prepare_default_model
+
+PIPELINE_CONFIG = Path("builders/configs/demo.yaml")
+RECIPES = Path("training/recipes/smollm2-135m")
+EVAL_CONFIG = Path(__file__).parent / "evaluate" / "configs" / "demo.yaml"
+TINY_STEPS = ["--max_steps", "2", "--save_steps", "1", "--logging_steps", "1"]
+
+
+@dataclass
+class DemoOptions:
+    """What ``safer-instruct demo`` was asked for."""
+
+    run_dir: Path = Path("runs/demo")
+    tiny: bool = False
+    push: bool = False
+    org: str | None = None
+
+
+@dataclass
+class DemoSummary:
+    """Where each artefact is, and the headline numbers."""
+
+    run_dir: Path
+    artefacts: dict[str, Path] = field(default_factory=dict)
+    rows_per_category: dict[str, int] = field(default_factory=dict)
+    headline: dict[str, Any] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    pushed: dict[str, str] = field(default_factory=dict)
+
+
+def repo_ids(org: str | None) -> dict[str, str]:
+    """The three release repos; ``your-org`` stands in until ``--org`` is given."""
+    owner = org or "your-org"
+    return {
+        "dataset": f"{owner}/safer-instruct-demo",
+        "model": f"{owner}/smollm2-135m-safer-instruct",
+        "space": f"{owner}/safer-instruct-compare",
+    }
+
+
+def check_repo_root() -> None:
+    """The demo reads the checkout's configs and data: run it from the repository root."""
+    missing = [str(p) for p in (PIPELINE_CONFIG, RECIPES) if not p.exists()]
+    if missing:
+        raise SaferInstructError(f"run the demo from the repository root (missing: {', '.join(missing)})")
+
+
+def build_dataset(options: DemoOptions, console: Console) -> Path:
+    from safer_instruct.pipeline.config import load_pipeline_config
+    from safer_instruct.pipeline.runner import build
+
+    config = load_pipeline_config(PIPELINE_CONFIG)
+    if options.tiny:
+        shrink_pipeline(config)
+    return build(config, options.run_dir, console).dataset_dir
+
+
+def shrink_pipeline(config: Any) -> None:
+    """A few items and steps: the same code paths, in a couple of minutes."""
+    for source in config.sources:
+        source.limit = 12
+    if config.reverse_model.train:
+        config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
+    config.induce.candidates = 1
+    config.induce.sampling.max_new_tokens = 24
+    config.respond.sampling.max_new_tokens = 32
+
+
+def train_step(method: str, options: DemoOptions) -> Path:
+    """SFT or DPO with the smollm2-135m recipe, into ``<run>/models/<method>``; skipped when finished."""
+    from safer_instruct.training import train
+
+    models = options.run_dir / "models"
+    output_dir = models / method
+    if (output_dir / "metrics.json").is_file():
+        return output_dir
+    overrides = ["--dataset_name", str(options.run_dir / "dataset"), "--output_dir", str(output_dir)]
+    if method == "dpo":
+        overrides += ["--model_name_or_path", str(models / "sft")]
+    if options.tiny:
+        overrides += TINY_STEPS
+    return train(method, RECIPES / f"{method}.yaml", overrides).output_dir
+
+
+def evaluate(options: DemoOptions, console: Console) -> dict[str, Any]:
+    from safer_instruct.evaluate import load_eval_config, run_eval, write_report
+
+    out_dir = options.run_dir / "eval"
+    if (out_dir / "results.json").is_file():
+        return json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+    overrides = [
+        f"out_dir={out_dir}",
+        f"cache={options.run_dir / 'cache.sqlite'}",
+        f"models.aligned.adapter={options.run_dir / 'models' / 'dpo'}",
+    ]
+    if options.tiny:
+        overrides += ["sampling.max_new_tokens=16", "judge_agreement=null"]
+        overrides += [f"sets.{name}.limit=4" for name in ("unsafe", "benign_risky", "benign")]
+    results = run_eval(load_eval_config(EVAL_CONFIG, overrides), console)
+    write_report(results, out_dir, console)
+    return results
+
+
+def release(options: DemoOptions, summary: DemoSummary) -> None:
+    """Write the three repo folders; push them only with ``--push`` (token and network needed)."""
+    from safer_instruct.hub import publish_dataset, publish_model, publish_space
+
+    ids = repo_ids(options.org)
+    target = options.run_dir / "release"
+    dry_run = not options.push
+    dataset = publish_dataset(options.run_dir, ids["dataset"], local_dir=target / "dataset", dry_run=dry_run)
+    model = publish_model(options.run_dir / "models" / "dpo", ids["model"], local_dir=target / "model",
+                          dry_run=dry_run, dataset_id=ids["dataset"], eval_results=options.run_dir / "eval" / "results.json")
+    space = publish_space(ids["space"], base_model=DEFAULT_MODEL_HUB_ID, aligned_model=ids["model"],
+                          dataset_id=ids["dataset"], local_dir=target / "space", dry_run=dry_run)
+    for kind, result in {"dataset": dataset, "model": model, "space": space}.items():
+        summary.artefacts[f"release/{kind}"] = result.folder
+        if result.url:
+            summary.pushed[kind] = result.url
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> DemoSummary:
+    """Run (or resume) every step, timing each; return the summary."""
+    console = console or Console()
+    if options.push and not options.org:
+        raise SaferInstructError("--push needs --org ORG (the Hub user or organisation to publish under)")
+    check_repo_root()
+    summary = DemoSummary(options.run_dir)
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("1/6 prepare the default model", lambda: summary.artefacts.__setitem__("default model", prepare_default_model())),
+        ("2/6 build the preference dataset", lambda: summary.artefacts.__setitem__("dataset", build_dataset(options, console))),
+        ("3/6 SFT (LoRA)", lambda: summary.artefacts.__setitem__("sft adapter", train_step("sft", options))),
+        ("4/6 DPO (LoRA)", lambda: summary.artefacts.__setitem__("aligned adapter", train_step("dpo", options))),
+        ("5/6 evaluate base vs aligned", lambda: summary.headline.update(evaluate(options, console).get("summary", {}))),
+        ("6/6 write the release folders", lambda: release(options, summary)),
+    ]
+    for title, step in steps:
+        console.rule(f"[bold]{title}")
+        started = time.perf_counter()
+        step()
+        summary.step_seconds[title] = round(time.perf_counter() - started, 1)
+        console.print(f"[green]done[/] in {summary.step_seconds[title]:.1f} s")
+    summary.artefacts["eval"] = options.run_dir / "eval" / "results.json"
+    summary.rows_per_category = rows_per_category(options.run_dir)
+    print_summary(summary, console)
+    return summary
+
+
+def rows_per_category(run_dir: Path) -> dict[str, int]:
+    from safer_instruct.pipeline.assemble import load_preferences
+
+    counts: dict[str, int] = {}
+    for split in load_preferences(run_dir).values():
+        for category in split["category"]:
+            counts[category] = counts.get(category, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _rate(entry: dict[str, Any] | None) -> str:
+    """``{rate, low, high, k, n}`` as ``80% [62%, 91%] (32/40)``."""
+    if not entry:
+        return "n/a"
+    return f"{entry['rate']:.0%} [{entry['low']:.0%}, {entry['high']:.0%}] ({entry['k']}/{entry['n']})"
+
+
+def print_summary(summary: DemoSummary, console: Console) -> None:
+    console.rule("[bold]summary")
+    where = Table("artefact", "where", title="Artefacts")
+    for name, path in summary.artefacts.items():
+        where.add_row(name, str(path))
+    console.print(where)
+    rows = Table("category", "rows", title="Dataset rows per category")
+    for category, count in summary.rows_per_category.items():
+        rows.add_row(category, str(count))
+    console.print(rows)
+    numbers = Table("metric", "base", "aligned", title="Before → after (held-out prompts)")
+    for metric in ("harmlessness", "over_refusal", "helpfulness_win_rate"):
+        numbers.add_row(metric, _rate(summary.headline.get("base", {}).get(metric)),
+                        _rate(summary.headline.get("aligned", {}).get(metric)))
+    console.print(numbers)
+    total = sum(summary.step_seconds.values())
+    console.print(f"Total {total / 60:.1f} min. " + ("Pushed: " + ", ".join(summary.pushed.values()) if summary.pushed
+                  else "Nothing pushed (dry run): add --push --org ORG with a Hub token to publish."))
+    console.print(f"Compare the models: [bold]safer-instruct space --aligned-adapter {summary.run_dir / 'models' / 'dpo'}[/]")

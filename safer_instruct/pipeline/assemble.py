@@ -1,0 +1,153 @@
+"""Stage 7, assemble: TRL conversational preference rows + helpfulness pairs, a deterministic split, parquet.
+
+``load_preferences(run_dir)`` is the reader every other part of the kit uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.pipeline.clean import Decontaminator, normalise
+from safer_instruct.pipeline.config import AssembleConfig, HelpfulnessConfig
+from safer_instruct.pipeline.records import stable_id
+from safer_instruct.pipeline.sources import Row, text_field
+from safer_instruct.pipeline.store import ItemResult
+
+STAGE = "assemble"
+DATASET_DIR = "dataset"
+SPLITS = ("train", "test")
+HELPFULNESS = "helpfulness"
+
+
+def features():
+    """The column types of a preference row (so an empty ``rejected`` list keeps its type)."""
+    from datasets import Features, List, Value
+
+    messages = List({"role": Value("string"), "content": Value("string")})
+    text = Value("string")
+    return Features({"id": text, "prompt": messages, "chosen": messages, "rejected": messages, "category": text,
+                     "kind": text, "source": text, "source_id": text, "provenance": text})
+
+
+def safety_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline record that passed self-evaluation, as a preference row."""
+    return {
+        "id": record["key"],
+        "prompt": [{"role": "user", "content": record["instruction"]}],
+        "chosen": [{"role": "assistant", "content": record["expert"]}],
+        "rejected": [{"role": "assistant", "content": record["response"]}],
+        "category": record["category"],
+        "kind": "safety",
+        "source": record["source"],
+        "source_id": record["source_id"],
+        "provenance": json.dumps(record["provenance"], ensure_ascii=False, sort_keys=True),
+    }
+
+
+def helpfulness_row(row: Row, number: int, config: HelpfulnessConfig, source: str) -> dict[str, Any] | None:
+    """One helpfulness pair as a preference row; None when a field is empty."""
+    prompt, chosen, rejected = (normalise(text_field(row, c, False)) for c in (config.prompt_column, config.chosen_column, config.rejected_column))
+    if not (prompt and chosen and rejected):
+        return None
+    return {
+        "id": stable_id(source, str(number), prompt),
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "category": HELPFULNESS,
+        "kind": HELPFULNESS,
+        "source": source,
+        "source_id": str(number),
+        "provenance": json.dumps({"helpfulness": {"file": source, "row": number}}),
+    }
+
+
+def _order(row_id: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
+
+
+def assemble(safety: list[dict[str, Any]], helpful: list[dict[str, Any] | None], ratio: float, seed: int,
+             decontaminator: Decontaminator) -> list[ItemResult]:
+    """Every candidate row becomes a result: kept, or dropped (contaminated, duplicate, empty, over_ratio)."""
+    results: list[ItemResult] = []
+    seen: set[str] = set()
+    kept_safety = 0
+    for seq, row in enumerate(safety):
+        result = _check(row, seq, row["category"], decontaminator, seen)
+        kept_safety += bool(result.outputs)
+        results.append(result)
+    wanted = math.floor(ratio * kept_safety + 0.5)
+    checked = [_check(row, len(safety) + i, HELPFULNESS, decontaminator, seen, f"helpfulness-{i}") for i, row in enumerate(helpful)]
+    usable = sorted((r for r in checked if r.outputs), key=lambda r: _order(r.key, seed))
+    for result in usable[wanted:]:
+        result.drops, result.outputs = ["over_ratio"], []
+    return results + checked
+
+
+def _check(row: dict[str, Any] | None, seq: int, category: str, decontaminator: Decontaminator, seen: set[str],
+           fallback_key: str = "") -> ItemResult:
+    result = ItemResult(key=row["id"] if row else fallback_key, seq=seq, category=category)
+    if row is None:
+        result.drops.append("empty")
+    elif decontaminator.overlap(row["prompt"][-1]["content"]):
+        result.drops.append("contaminated")
+    elif row["id"] in seen:
+        result.drops.append("duplicate")
+    else:
+        seen.add(row["id"])
+        result.outputs.append(row)
+    return result
+
+
+def split_rows(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """A deterministic split, per kind (so the safety:helpfulness mix holds in both splits)."""
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for kind in sorted({row["kind"] for row in rows}):
+        group = sorted((row for row in rows if row["kind"] == kind), key=lambda row: _order(row["id"], seed))
+        n_test = round(test_fraction * len(group))
+        if test_fraction > 0 and len(group) >= 2:
+            n_test = max(1, n_test)
+        splits["test"].extend(group[:n_test])
+        splits["train"].extend(group[n_test:])
+    for name in SPLITS:
+        splits[name].sort(key=lambda row: _order(row["id"], seed))
+    return splits
+
+
+def write_dataset(rows: list[dict[str, Any]], run_dir: str | Path, config: AssembleConfig, seed: int) -> dict[str, int]:
+    """Write ``<run>/dataset/<split>-00000-of-00001.parquet`` (replacing earlier files); returns rows per split."""
+    from datasets import Dataset
+
+    out = Path(run_dir) / DATASET_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, split in split_rows(rows, config.test_fraction, seed).items():
+        target = out / f"{name}-00000-of-00001.parquet"
+        partial = target.with_suffix(".parquet.partial")
+        columns = features()
+        Dataset.from_dict({name: [row[name] for row in split] for name in columns}, features=columns).to_parquet(str(partial))
+        partial.replace(target)
+        counts[name] = len(split)
+    if config.export_csv:
+        from safer_instruct.pipeline.released import export_released
+
+        export_released(rows, out / "safer_instruct.csv")
+    return counts
+
+
+def load_preferences(run_dir: str | Path):
+    """The preference ``DatasetDict`` a build wrote under ``<run_dir>/dataset/`` (or that folder itself)."""
+    from datasets import load_dataset
+
+    folder = Path(run_dir)
+    folder = folder / DATASET_DIR if (folder / DATASET_DIR).is_dir() else folder
+    files = {name: sorted(str(p) for p in folder.glob(f"{name}-*.parquet")) for name in SPLITS}
+    files = {name: paths for name, paths in files.items() if paths}
+    if not files:
+        raise SaferInstructError(f"{folder}: no preference dataset here (expected train-*.parquet); run `safer-instruct build` first")
+    return load_dataset("parquet", data_files=files, features=features())

@@ -1,0 +1,91 @@
+"""Stage 1, collect: read sources, normalise, drop empty/over-long, scrub personal data, dedupe, decontaminate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.pipeline.clean import Decontaminator, NearDuplicates, exact_key, normalise, scrub_pii
+from safer_instruct.pipeline.config import CleanConfig, SourceConfig
+from safer_instruct.pipeline.records import stable_id, with_stage
+from safer_instruct.pipeline.sources import Row, file_digest, read_hub, read_rows, text_field
+from safer_instruct.pipeline.store import ItemResult
+
+STAGE = "collect"
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """A source row before cleaning."""
+
+    source: str
+    source_id: str
+    category: str
+    text: str
+    where: str
+
+
+def load_source(source: SourceConfig) -> list[RawResponse]:
+    """Read one source, checking every row's fields (errors name file, line and field)."""
+    required = [source.text_column] + [c for c in (source.id_column, source.category_column) if c]
+    rows: list[Row] = read_rows(source.path, required) if source.path else read_hub(source.hub, source.hub_config, source.split, required)
+    rows = rows[: source.limit] if source.limit else rows
+    seen: dict[str, str] = {}
+    responses = []
+    for number, row in enumerate(rows, start=1):
+        source_id = text_field(row, source.id_column) if source.id_column else str(number)
+        if source_id in seen:
+            raise SaferInstructError(f"{row.where}: field {source.id_column!r}: id {source_id!r} repeats ({seen[source_id]})")
+        seen[source_id] = row.where
+        category = source.category or text_field(row, source.category_column).strip()
+        if not category:
+            raise SaferInstructError(f"{row.where}: field {source.category_column!r} is empty")
+        responses.append(RawResponse(source.name, source_id, category, text_field(row, source.text_column, required=False), row.where))
+    return responses
+
+
+def source_digest(source: SourceConfig) -> str:
+    """What identifies a source's content (file hash, or Hub id and split)."""
+    return file_digest(source.path) if source.path else f"{source.hub}:{source.hub_config}:{source.split}"
+
+
+def collect(responses: list[RawResponse], clean: CleanConfig, decontaminator: Decontaminator) -> list[ItemResult]:
+    """Clean every response; each becomes one result: kept (one output record) or dropped with a reason."""
+    exact: set[str] = set()
+    near = NearDuplicates(clean.near_duplicate_threshold, clean.shingle_chars)
+    results = []
+    for seq, raw in enumerate(responses):
+        key = stable_id(raw.source, raw.source_id)
+        text = normalise(raw.text)
+        pii: dict[str, int] = {}
+        if clean.scrub_pii:
+            text, found = scrub_pii(text)
+            pii = dict(found)
+        reason = _drop_reason(text, clean, decontaminator, exact, near, key)
+        result = ItemResult(key=key, seq=seq, category=raw.category)
+        if reason:
+            result.drops.append(reason)
+        else:
+            record: dict[str, Any] = {"key": key, "source": raw.source, "source_id": raw.source_id, "category": raw.category, "response": text}
+            result.outputs.append(with_stage(record, STAGE, {}, {"pii_scrubbed": pii}))
+        results.append(result)
+    return results
+
+
+def _drop_reason(text: str, clean: CleanConfig, decontaminator: Decontaminator, exact: set[str], near: NearDuplicates, key: str) -> str | None:
+    if not text:
+        return "empty"
+    if len(text) < clean.min_chars:
+        return "too_short"
+    if len(text) > clean.max_chars:
+        return "too_long"
+    if decontaminator.overlap(text):
+        return "contaminated"
+    digest = exact_key(text)
+    if digest in exact:
+        return "duplicate"
+    exact.add(digest)
+    if near.first_match(key, text):
+        return "near_duplicate"
+    return None

@@ -1,0 +1,168 @@
+"""The pipeline config (``builders/configs/*.yaml``): one typed section per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import Field, model_validator
+
+from safer_instruct.config import LLMConfig, SamplingConfig, StrictModel, load_config
+
+
+class SourceConfig(StrictModel):
+    """One source of raw responses: a local file/folder or a Hub dataset, with its column mapping."""
+
+    name: str
+    path: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    id_column: str | None = "id"  # None: the row number is the id
+    category: str | None = None  # one category for every row ...
+    category_column: str | None = None  # ... or a column holding it
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> "SourceConfig":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of `path` or `hub`")
+        if (self.category is None) == (self.category_column is None):
+            raise ValueError("give exactly one of `category` or `category_column`")
+        return self
+
+
+class CleanConfig(StrictModel):
+    """Collect's filters: length bounds, near-duplicate threshold, personal-data scrubbing."""
+
+    min_chars: int = Field(10, ge=1)
+    max_chars: int = Field(2000, ge=1)
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1)
+    shingle_chars: int = Field(5, ge=2)
+    scrub_pii: bool = True
+
+
+class DecontaminateConfig(StrictModel):
+    """Evaluation sets whose prompts must not leak into the data (exact and word n-gram overlap)."""
+
+    eval_sets: list[str] = Field(default_factory=list)
+    prompt_column: str = "prompt"
+    ngram: int = Field(8, ge=3)
+
+
+class ReverseTrainConfig(StrictModel):
+    """Train the reversed model with the training kit's reverse SFT."""
+
+    recipe: str
+    dataset: str
+    overrides: list[str] = Field(default_factory=list)  # TRL-style: ["--max_steps", "20"]
+
+
+class ReverseModelConfig(StrictModel):
+    """Either train a reversed model (``train``) or load the one ``llm.model``/``llm.adapter`` names."""
+
+    train: ReverseTrainConfig | None = None
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+
+
+class InduceConfig(StrictModel):
+    """Instruction candidates per response from the reversed model (the paper's template, verbatim)."""
+
+    candidates: int = Field(2, ge=1)
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=0.7, top_p=0.9, stop=["###"])
+    )
+    min_chars: int = Field(8, ge=1)
+    max_chars: int = Field(400, ge=1)
+    echo_threshold: float = Field(0.6, gt=0, le=1)  # shingle Jaccard with the response at or above: an echo
+
+
+class FilterConfig(StrictModel):
+    """The judge keeps instructions it finds unsafe to answer with P(unsafe) >= threshold."""
+
+    template: str = "judge_v1"
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class RespondConfig(StrictModel):
+    """The expert writes the preferred (safe) response."""
+
+    template: str = "expert_v1"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_new_tokens=160))
+    drop_truncated: bool = True
+
+
+class SelfEvaluateConfig(StrictModel):
+    """The expert judges its own response; kept when P(safe) >= threshold."""
+
+    template: str = "self_eval_v1"
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class HelpfulnessConfig(StrictModel):
+    """Helpfulness preference pairs mixed in at ``ratio`` helpfulness rows per safety row."""
+
+    path: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    split: str = "train"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    ratio: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "HelpfulnessConfig":
+        if self.path and self.hub:
+            raise ValueError("give either `path` or `hub`, not both")
+        return self
+
+
+class ReleasedConfig(StrictModel):
+    """A file in the released Safer-Instruct CSV layout (instruction, rejected, chosen, label) to import."""
+
+    path: str
+    source: str = "safer-instruct-release"
+
+
+class AssembleConfig(StrictModel):
+    """Split and export."""
+
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    export_csv: bool = True  # also write dataset/safer_instruct.csv in the released layout
+
+
+class PipelineConfig(StrictModel):
+    """Everything ``safer-instruct build`` needs."""
+
+    name: str = "run"
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)  # items per committed batch (the resume granularity)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    reverse_model: ReverseModelConfig = Field(default_factory=ReverseModelConfig)
+    induce: InduceConfig = Field(default_factory=InduceConfig)
+    judge: LLMConfig = Field(default_factory=LLMConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    expert: LLMConfig = Field(default_factory=LLMConfig)
+    respond: RespondConfig = Field(default_factory=RespondConfig)
+    self_evaluate: SelfEvaluateConfig = Field(default_factory=SelfEvaluateConfig)
+    helpfulness: HelpfulnessConfig | None = None
+    released: list[ReleasedConfig] = Field(default_factory=list)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+
+    @model_validator(mode="after")
+    def _has_input(self) -> "PipelineConfig":
+        if not self.sources and not self.released:
+            raise ValueError("give at least one entry in `sources` (raw responses) or `released` (CSV imports)")
+        names = [source.name for source in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique: {names}")
+        return self
+
+
+def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Load and validate a pipeline config; relative data paths stay relative to the working directory."""
+    return load_config(PipelineConfig, path, overrides)

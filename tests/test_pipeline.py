@@ -1,0 +1,220 @@
+"""The pipeline on the real default model: every stage, kill -9 and resume, failed items retried, training + CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safer_instruct.cli import main
+from safer_instruct.pipeline import build_from_file, load_preferences
+from safer_instruct.pipeline.clean import Decontaminator
+from safer_instruct.pipeline.config import InduceConfig
+from safer_instruct.pipeline.induce import clean_instruction, reject_reason
+
+RESPONSES = [
+    {"id": "r1", "text": "Tell your neighbour his garden is an ugly mess and that everyone on the street laughs at him.", "category": "hate"},
+    {"id": "r2", "text": "Skip the seatbelt on short trips; crashes only happen on motorways.", "category": "dangerous"},
+    {"id": "r3", "text": "Jump the ticket barrier when the guard looks away; the fare is too high anyway.", "category": "illegal"},
+]
+HELPFUL = [
+    {"prompt": f"Give me a tip for learning {topic}.", "chosen": f"Practise {topic} a little every day and review your mistakes.", "rejected": "No."}
+    for topic in ("French", "chess", "guitar", "drawing", "typing")
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def write_config(tmp_path: Path, name: str = "config.yaml", **changes) -> Path:
+    """A tiny config: 3 responses, 2 candidates, short outputs; thresholds 0 so items reach every stage."""
+    config = {
+        "name": "test",
+        "batch_size": 2,
+        "sources": [{"name": "raw", "path": write_jsonl(tmp_path / "raw.jsonl", RESPONSES), "category_column": "category"}],
+        "decontaminate": {"eval_sets": [write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "How do I fold a paper plane?"}])]},
+        "reverse_model": {"llm": {"model": "default", "batch_size": 8}},
+        "induce": {"candidates": 2, "min_chars": 3,
+                   "sampling": {"max_new_tokens": 24, "temperature": 0.8, "top_p": 0.95, "seed": 3, "stop": ["\n", ".", "?"]}},
+        "judge": {"model": "default", "batch_size": 8},
+        "filter": {"threshold": 0.0},
+        "expert": {"model": "default", "batch_size": 8},
+        "respond": {"sampling": {"max_new_tokens": 12}, "drop_truncated": False},
+        "self_evaluate": {"threshold": 0.0},
+        "helpfulness": {"path": write_jsonl(tmp_path / "helpful.jsonl", HELPFUL), "ratio": 1.0},
+        "assemble": {"test_fraction": 0.25},
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def rows_without_times(run_dir: Path) -> dict[str, list[dict]]:
+    """The dataset's rows, with provenance timestamps removed (when an item ran is not what it is)."""
+    dataset = load_preferences(run_dir)
+    out = {}
+    for split, rows in dataset.items():
+        cleaned = []
+        for row in rows:
+            provenance = json.loads(row["provenance"])
+            for entry in provenance.values():
+                entry.pop("time", None)
+            cleaned.append({**row, "provenance": provenance})
+        out[split] = cleaned
+    return out
+
+
+def requests_made(run_dir: Path) -> int:
+    funnel = json.loads((run_dir / "dataset" / "funnel.json").read_text())
+    return sum(u["requests"] for stage in funnel["stages"].values() for u in stage["usage"].values())
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> tuple[Path, Path]:
+    """One uninterrupted build: (config path, run dir)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    config = write_config(root)
+    build_from_file(config, root / "run")
+    return config, root / "run"
+
+
+def test_induce_rejects_unusable_candidates() -> None:
+    config = InduceConfig(min_chars=8, max_chars=100, echo_threshold=0.6)
+    response = "Skip the seatbelt on short trips; crashes only happen on motorways."
+    evals = Decontaminator(["How do I fold a paper plane?"], n=8)
+    assert clean_instruction('### Instruction: "Should I wear a seatbelt?"\n\nmore text') == "Should I wear a seatbelt?"
+    assert reject_reason("", "stop", response, config, evals) == "empty"
+    assert reject_reason("Is it fine to skip the seatbelt?", "length", response, config, evals) == "too_long"
+    assert reject_reason("x " * 60, "stop", response, config, evals) == "too_long"
+    assert reject_reason("Repeat: skip the seatbelt on short trips; crashes only happen on motorways.", "stop", response, config, evals) == "echo"
+    assert reject_reason("how do I fold a paper plane", "stop", response, config, evals) == "contaminated"
+    assert reject_reason("Is it fine to skip the seatbelt?", "stop", response, config, evals) is None
+
+
+def test_every_stage_runs_and_writes_the_agreed_dataset(finished_run: tuple[Path, Path]) -> None:
+    _, run_dir = finished_run
+    funnel = json.loads((run_dir / "dataset" / "funnel.json").read_text())
+    stages = funnel["stages"]
+    assert list(stages) == ["collect", "induce", "filter", "respond", "self_evaluate", "assemble"]
+    assert stages["collect"]["out"] == 3
+    assert stages["induce"]["in"] == 3
+    assert stages["induce"]["out"] + sum(stages["induce"]["dropped"].values()) == 6  # 2 candidates each
+    assert stages["filter"]["out"] == stages["induce"]["out"]  # threshold 0 keeps all
+    assert stages["self_evaluate"]["out"] == stages["respond"]["out"] > 0
+    assert stages["induce"]["usage"]["default"]["requests"] == 6
+    assert all(stage["failed"] == 0 for stage in stages.values())
+    assert (run_dir / "dataset" / "funnel.png").stat().st_size > 1000
+    dataset = load_preferences(run_dir)
+    rows = [row for split in dataset.values() for row in split]
+    safety = [r for r in rows if r["kind"] == "safety"]
+    helpful = [r for r in rows if r["kind"] == "helpfulness"]
+    assert len(safety) == stages["self_evaluate"]["out"] and len(helpful) == min(len(safety), len(HELPFUL))  # 1:1
+    assert set(dataset) == {"train", "test"} and len(dataset["test"]) >= 1
+    row = safety[0]
+    assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert row["rejected"][0]["content"] in {r["text"] for r in RESPONSES}
+    provenance = json.loads(row["provenance"])
+    assert set(provenance) == {"collect", "induce", "filter", "respond", "self_evaluate"}
+    assert provenance["filter"]["model"] == "default" and len(provenance["filter"]["template_sha"]) == 12
+    assert 0 <= provenance["filter"]["probability"] <= 1 and provenance["filter"]["verdict"] in {"unsafe", "safe"}
+    assert (run_dir / "dataset" / "safer_instruct.csv").read_text().startswith("instruction,rejected,chosen,label")
+
+
+def test_rerun_makes_no_model_calls(finished_run: tuple[Path, Path]) -> None:
+    config, run_dir = finished_run
+    before = requests_made(run_dir)
+    result = build_from_file(config, run_dir)
+    assert requests_made(run_dir) == before  # every item was done: no model loaded, no call made
+    assert result.splits == {split: len(rows) for split, rows in load_preferences(run_dir).items()}
+
+
+def test_kill_9_mid_stage_then_resume_gives_the_same_dataset(finished_run: tuple[Path, Path], tmp_path: Path) -> None:
+    config, reference = finished_run
+    run_dir = tmp_path / "run"  # its own state and cache: nothing is shared with the reference run
+    command = [sys.executable, "-m", "safer_instruct.cli", "build", str(config), "--run-dir", str(run_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            done = _items_done(run_dir / "state.sqlite", "induce")
+            if done >= 2:  # the first committed batch of induce's two
+                process.kill()  # SIGKILL: no cleanup of any kind
+                break
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    assert process.returncode == -9, "the build finished before it could be killed mid-stage"
+    assert done < 3  # killed with induce unfinished
+    build_from_file(config, run_dir)
+    assert rows_without_times(run_dir) == rows_without_times(reference)
+    assert _items_done(run_dir / "state.sqlite", "induce") == 3  # nothing duplicated, nothing lost
+
+
+def test_failed_items_are_kept_reported_and_retried(finished_run: tuple[Path, Path], tmp_path: Path, served_model) -> None:
+    _, reference = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)  # induce and filter are done; respond now goes to a server that is down
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    expert = {"backend": "openai", "model": served_model.model, "max_retries": 0, "timeout_s": 30}
+    down = write_config(tmp_path, "down.yaml", expert={**expert, "base_url": f"http://127.0.0.1:{closed_port}/v1"})
+    result = build_from_file(down, run_dir)
+    respond = result.funnel["stages"]["respond"]
+    assert respond["failed"] == respond["in"] > 0 and respond["out"] == 0
+    assert "cannot reach" in result.funnel["failures"]["respond"][0]
+    assert result.funnel["stages"]["filter"]["usage"]["default"]["requests"] > 0  # earlier stages kept their results
+    up = write_config(tmp_path, "up.yaml", expert={**expert, "base_url": served_model.base_url})
+    result = build_from_file(up, run_dir)
+    respond = result.funnel["stages"]["respond"]
+    assert respond["failed"] == 0 and respond["out"] + sum(respond["dropped"].values()) == respond["in"]
+
+
+def test_trained_reverse_model_through_the_cli(tmp_path: Path, default_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    pairs = [{"instruction": f"Give me one tip about {t}.", "input": "", "output": f"Keep your {t} routine simple and regular."}
+             for t in ("sleep", "cooking", "running", "saving money")]
+    train = {
+        "recipe": "training/recipes/smollm2-135m/reverse_sft.yaml",
+        "dataset": write_jsonl(tmp_path / "pairs.jsonl", pairs),
+        "overrides": ["--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "no", "--logging_steps", "1"],
+    }
+    config = write_config(tmp_path, reverse_model__train=train, filter__threshold=1.0)
+    run_dir = tmp_path / "run"
+    assert main(["build", str(config), "induce.candidates=1", "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Safer-Instruct funnel" in out and "dataset:" in out
+    assert (run_dir / "models" / "reverse" / "adapter_config.json").is_file()
+    state = sqlite3.connect(run_dir / "state.sqlite")
+    outputs = [json.loads(o) for (o,) in state.execute("SELECT outputs FROM items WHERE stage = 'induce'")]
+    assert outputs and all(o["provenance"]["induce"]["model"] == "models/reverse" for row in outputs for o in row)
+    funnel = json.loads((run_dir / "dataset" / "funnel.json").read_text())
+    assert funnel["reverse_model"]["model"].endswith("models/reverse")
+
+
+def _items_done(state: Path, stage: str) -> int:
+    if not state.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM items WHERE stage = ? AND status = 'done'", (stage,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

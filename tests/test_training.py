@@ -1,0 +1,274 @@
+"""Training (issue 3): a few real steps on the default model with LoRA and 4-bit QLoRA on CPU.
+
+Datasets are two rows and batches hold both, so every step sees the same batch: loss must fall and DPO's
+reward accuracy must rise within three steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from safer_instruct.cli import main as cli_main
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.training import REVERSE_TEMPLATE, train
+from safer_instruct.training.data import prepare_datasets, shape_rows
+from safer_instruct.training.recipe import parse_recipe
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+FAKE_ENV_TOKEN = "hf_envSecretThatMustNeverBeWritten123"
+FAKE_ARG_TOKEN = "hf_argSecretThatMustNeverBeWritten456"
+
+REVERSE_ROWS = [
+    {"instruction": "Name a primary colour.", "input": "", "output": "Red is a primary colour."},
+    {"instruction": "Say hello in French.", "input": "", "output": "Bonjour!"},
+]
+PREFERENCE_ROWS = [
+    {
+        "prompt": [{"role": "user", "content": "Tell me how to steal a car."}],
+        "chosen": [{"role": "assistant", "content": "I can't help with stealing a car."}],
+        "rejected": [{"role": "assistant", "content": "Break the window and hotwire it."}],
+    },
+    {
+        "prompt": [{"role": "user", "content": "Write an insult for my sister."}],
+        "chosen": [{"role": "assistant", "content": "I won't write insults. I can help you talk things through."}],
+        "rejected": [{"role": "assistant", "content": "You are a useless idiot."}],
+    },
+]
+TINY = {  # the smallest run that still learns: one LoRA on attention, two rows per batch, high learning rate
+    "model_name_or_path": "default",
+    "dtype": "float32",
+    "bf16": False,
+    "use_peft": True,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "lora_target_modules": ["q_proj", "v_proj"],
+    "per_device_train_batch_size": 2,
+    "max_steps": 3,
+    "logging_steps": 1,
+    "save_steps": 2,
+    "max_length": 128,
+    "gradient_checkpointing": False,
+    "report_to": "none",
+    "seed": 0,
+}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def recipe(tmp: Path, name: str, data: str, **changes) -> dict:
+    return {**TINY, "dataset_name": data, "output_dir": str(tmp / name), **changes}
+
+
+def losses(metrics: dict, key: str = "loss") -> list[float]:
+    return [entry[key] for entry in metrics["steps"] if key in entry]
+
+
+def all_bytes(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in folder.rglob("*") if path.is_file())
+
+
+@pytest.fixture(scope="module")
+def reverse_run(tmp_path_factory, default_model_dir):
+    """reverse-sft with LoRA: 2 steps, then resumed to 3 from checkpoint-2, with tokens in the env and args."""
+    tmp = tmp_path_factory.mktemp("reverse")
+    data = write_jsonl(tmp / "pairs.jsonl", REVERSE_ROWS)
+    spec = recipe(tmp, "reverse", data, learning_rate=3e-3, merge=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_TOKEN", FAKE_ENV_TOKEN)
+    try:
+        first = train("reverse-sft", {**spec, "max_steps": 2, "merge": False}, ["--hub_token", FAKE_ARG_TOKEN])
+        second = train("reverse-sft", spec, ["--hub_token", FAKE_ARG_TOKEN])
+    finally:
+        mp.undo()
+    return first, second
+
+
+def test_reverse_rows_follow_the_paper_template(default_model_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    rows = [
+        {"instruction": "Summarise this.", "input": "A long text.", "output": "Short."},
+        {"conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi!"}]},
+        {"messages": [{"role": "user", "content": "Count to two."}, {"role": "assistant", "content": "1, 2"}]},
+    ]
+    shaped = []
+    for index, row in enumerate(rows):
+        shaped += shape_rows("reverse-sft", Dataset.from_list([row]), f"row set {index}", tokenizer)
+    assert shaped[0]["prompt"] == REVERSE_TEMPLATE.format(output="Short.")
+    assert shaped[0]["prompt"].startswith("Below is a response to a certain instruction. Write the instruction")
+    assert shaped[0]["prompt"].endswith("### response:\nShort.\n\n### Instruction:\n")
+    assert shaped[0]["completion"] == "Summarise this.\n\nA long text." + tokenizer.eos_token
+    assert shaped[1] == {"prompt": REVERSE_TEMPLATE.format(output="Hi!"), "completion": "Say hi." + tokenizer.eos_token}
+    assert shaped[2]["completion"] == "Count to two." + tokenizer.eos_token
+
+
+BAD_INPUTS = [
+    ("reverse-sft", [{"instruction": "x"}], "missing column(s) output"),
+    ("reverse-sft", [REVERSE_ROWS[0], {"instruction": "Say hi.", "output": "  "}], "row 2, column 'output': empty"),
+    ("sft", [{"prompt": "hi"}], "missing column(s) chosen"),
+    ("sft", [PREFERENCE_ROWS[0], {**PREFERENCE_ROWS[1], "chosen": []}], "row 2, column 'chosen': empty"),
+    ("dpo", [{**PREFERENCE_ROWS[0], "rejected": [{"role": "user", "content": "x"}]}], "row 1, column 'rejected'"),
+    ("dpo", [{**PREFERENCE_ROWS[0], "rejected": []}], "no usable rows"),
+]
+
+
+@pytest.mark.parametrize(("method", "rows", "message"), BAD_INPUTS)
+def test_bad_rows_are_named_before_training(tmp_path, default_model_dir, method, rows, message):
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(SaferInstructError) as caught:
+        train(method, recipe(tmp_path, "out", data))
+    assert message in str(caught.value)
+    assert "bad.jsonl" in str(caught.value) and "split 'train'" in str(caught.value)
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_unrenderable_chat_template_is_named(tmp_path, default_model_dir):
+    template = tmp_path / "broken.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] | no_such_filter }}{% endfor %}", encoding="utf-8")
+    data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
+    with pytest.raises(SaferInstructError, match=r"prefs\.jsonl.*row 1, column 'completion': the chat template cannot render"):
+        train("sft", recipe(tmp_path, "out", data, chat_template_file=str(template)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_errors(tmp_path, default_model_dir):
+    data = write_jsonl(tmp_path / "pairs.jsonl", REVERSE_ROWS)
+    with pytest.raises(SaferInstructError, match="unknown key.*lora_rank"):
+        train("reverse-sft", recipe(tmp_path, "out", data, lora_rank=8))
+    with pytest.raises(SaferInstructError, match="dataset_name is required"):
+        train("sft", {**TINY, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(SaferInstructError, match="publish"):
+        train("sft", recipe(tmp_path, "out", data), ["--push_to_hub", "true"])
+    with pytest.raises(SaferInstructError, match="chat_template_file .*not found"):
+        train("sft", recipe(tmp_path, "out", data, chat_template_file=str(tmp_path / "none.jinja")))
+    with pytest.raises(SaferInstructError, match="no split 'validation'"):
+        train("sft", recipe(tmp_path, "out", data, dataset_train_split="validation"))
+    with pytest.raises(SaferInstructError, match="no such file"):
+        train("sft", recipe(tmp_path, "out", str(tmp_path / "missing.jsonl")))
+
+
+def test_cli_reports_bad_input_with_exit_2(tmp_path, capsys, default_model_dir):
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x"}])
+    config = tmp_path / "recipe.yaml"
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in recipe(tmp_path, "out", data).items()), encoding="utf-8")
+    assert cli_main(["train", "reverse-sft", "--config", str(config), "--max_steps", "1"]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err
+
+
+def test_reverse_sft_lora_learns_resumes_and_reloads(reverse_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safer_instruct.config import LLMConfig
+    from safer_instruct.llm import make_llm
+    from safer_instruct.llm.base import SamplingParams
+
+    first, second = reverse_run
+    assert first.metrics["resumed_from"] is None
+    assert second.metrics["resumed_from"].endswith("checkpoint-2")
+    curve = losses(second.metrics)
+    assert [entry["step"] for entry in second.metrics["steps"]] == [1, 2, 3]  # history kept across the resume
+    assert curve[-1] < curve[0]
+    out = second.output_dir
+    assert json.loads((out / "metrics.json").read_text())["final"]["loss"] == curve[-1]
+    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+    prompt = REVERSE_TEMPLATE.format(output="Red is a primary colour.")
+    llm = make_llm(LLMConfig(model=str(out)))
+    assert llm.generate([prompt], SamplingParams(max_new_tokens=12))[0].text
+
+    merged = second.merged_dir
+    assert merged == out / "merged"
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    ids = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert ids.shape[1] > tokenizer(prompt, return_tensors="pt")["input_ids"].shape[1]
+
+
+def test_no_token_lands_in_any_written_file(reverse_run):
+    written = all_bytes(reverse_run[1].output_dir)
+    assert written  # adapter, checkpoints, training_args.bin, README, metrics
+    assert FAKE_ENV_TOKEN.encode() not in written and FAKE_ARG_TOKEN.encode() not in written
+
+
+def test_full_fine_tuning_from_an_adapter_is_refused(reverse_run, tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
+    adapter = str(reverse_run[1].output_dir)
+    with pytest.raises(SaferInstructError, match="is an adapter: full fine-tuning needs a full model"):
+        train("dpo", recipe(tmp_path, "out", data, model_name_or_path=adapter, use_peft=False))
+
+
+def test_sft_then_dpo_lora_reward_accuracy_rises(tmp_path, default_model_dir):
+    from peft import AutoPeftModelForCausalLM
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
+    sft = train("sft", recipe(tmp_path, "sft", data, learning_rate=3e-3, max_steps=2))
+    assert losses(sft.metrics)[-1] < losses(sft.metrics)[0]
+    dpo = train("dpo", recipe(tmp_path, "dpo", data, model_name_or_path=str(sft.output_dir), learning_rate=2e-3, beta=0.1))
+    metrics = dpo.metrics
+    assert metrics["reference"] == "frozen copy of the starting adapter on the same base"
+    assert metrics["final"]["rewards/accuracies"] > 0.5
+    assert metrics["final"]["rewards/margins"] > 0
+    assert losses(metrics)[-1] < losses(metrics)[0]
+    assert not (dpo.output_dir / "ref").exists()  # only the trained adapter is saved
+    assert AutoPeftModelForCausalLM.from_pretrained(dpo.output_dir) is not None
+
+
+def test_dpo_fresh_lora_uses_base_with_adapter_disabled(tmp_path, default_model_dir):
+    data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
+    dpo = train("dpo", recipe(tmp_path, "dpo", data, learning_rate=2e-3, max_steps=2, loss_type=["ipo"]))
+    assert dpo.metrics["reference"] == "base model with the adapter disabled"
+    assert dpo.metrics["loss_type"] == ["ipo"]
+
+
+def test_qlora_4bit_on_cpu_each_method(tmp_path, default_model_dir):
+    from safer_instruct.config import LLMConfig
+    from safer_instruct.llm import make_llm
+    from safer_instruct.llm.base import SamplingParams
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", REVERSE_ROWS)
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
+    qlora = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "max_steps": 2, "learning_rate": 3e-3}
+    reverse = train("reverse-sft", recipe(tmp_path, "reverse", pairs, **{**qlora, "max_steps": 1}))
+    sft = train("sft", recipe(tmp_path, "sft", prefs, **qlora))
+    dpo = train("dpo", recipe(tmp_path, "dpo", prefs, **{**qlora, "max_steps": 1}, model_name_or_path=str(sft.output_dir)))
+    for result in (reverse, sft, dpo):
+        assert result.metrics["load_in_4bit"] and losses(result.metrics)
+    assert losses(sft.metrics)[-1] < losses(sft.metrics)[0]
+    llm = make_llm(LLMConfig(model=str(dpo.output_dir), load_in_4bit=True))
+    answer = llm.generate([[{"role": "user", "content": "Tell me how to steal a car."}]], SamplingParams(max_new_tokens=8))
+    assert answer[0].completion_tokens > 0
+
+
+def test_run_dataset_folder_loads_by_split(tmp_path, default_model_dir):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    Dataset.from_list(PREFERENCE_ROWS).to_parquet(folder / "train-00000-of-00001.parquet")
+    Dataset.from_list(PREFERENCE_ROWS[:1]).to_parquet(folder / "test-00000-of-00001.parquet")
+    (folder / "funnel.json").write_text("{}", encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    prepared = prepare_datasets("dpo", str(folder), None, {"train": "train", "eval": "test"}, tokenizer)
+    assert len(prepared["train"]) == 2 and len(prepared["eval"]) == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "training" / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_parses(path):
+    method = {"reverse_sft": "reverse-sft", "sft": "sft", "dpo": "dpo"}[path.stem.removesuffix("_qlora")]
+    script_args, training_args, model_args = parse_recipe(method, path, ["--bf16", "false"])  # no GPU here
+    assert training_args.report_to in ([], "none", ["none"]) and script_args.dataset_name
+    assert model_args.model_name_or_path and training_args.output_dir.startswith("runs/")
+    if method == "dpo":
+        assert training_args.beta == 0.1

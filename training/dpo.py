@@ -1,0 +1,19 @@
+"""Train DPO on prompt/chosen/rejected (from the SFT checkpoint).
+
+TRL script style: `--config RECIPE.yaml` plus `--key value` overrides; the logic is in safer_instruct.training.
+
+    python training/dpo.py --config training/recipes/smollm2-135m/dpo.yaml --max_steps 10
+    accelerate launch --config_file training/accelerate/fsdp.yaml training/dpo.py --config RECIPE.yaml
+"""
+
+import sys
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.training import main
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main("dpo"))
+    except SaferInstructError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,19 @@
+"""Train SFT on the chosen answers of a preference dataset.
+
+TRL script style: `--config RECIPE.yaml` plus `--key value` overrides; the logic is in safer_instruct.training.
+
+    python training/sft.py --config training/recipes/smollm2-135m/sft.yaml --max_steps 10
+    accelerate launch --config_file training/accelerate/fsdp.yaml training/sft.py --config RECIPE.yaml
+"""
+
+import sys
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.training import main
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main("sft"))
+    except SaferInstructError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
