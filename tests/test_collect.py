@@ -137,3 +137,40 @@ def test_released_csv_import_and_export(tmp_path: Path) -> None:
     again = import_released(out, "release")
     assert [r[1]["prompt"] for r in again] == [first["prompt"], second["prompt"]]
     assert again[1][1]["rejected"] == []
+
+
+def test_config_mistakes_outside_the_data_are_caught_up_front(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "raw.jsonl", [{"id": "a", "text": "fine text here", "category": "hate"}])
+    run_dir = tmp_path / "run"
+    with pytest.raises(SaferInstructError, match="prompt template 'judge_v9' not found"):
+        build(base_config(tmp_path, source, filter={"template": "judge_v9"}), run_dir)
+    no_roles = tmp_path / "plain.j2"
+    no_roles.write_text("Is this unsafe? {{ instruction }}", encoding="utf-8")
+    with pytest.raises(SaferInstructError, match="must start with a `### system|user` line"):
+        build(base_config(tmp_path, source, filter={"template": str(no_roles)}), run_dir)
+    undefined = tmp_path / "undefined.j2"
+    undefined.write_text("### user\nRequest: {{ instructoin }}", encoding="utf-8")
+    with pytest.raises(SaferInstructError, match="'instructoin' is undefined"):
+        build(base_config(tmp_path, source, respond={"template": str(undefined)}), run_dir)
+    with pytest.raises(SaferInstructError, match="reverse_model.train.recipe: missing.yaml: file not found"):
+        build(base_config(tmp_path, source, reverse_model={"train": {"recipe": "missing.yaml", "dataset": str(source)}}), run_dir)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: default\n", encoding="utf-8")
+    with pytest.raises(SaferInstructError, match="reverse_model.train.dataset: nowhere/pairs.jsonl: no such file"):
+        build(base_config(tmp_path, source, reverse_model={"train": {"recipe": str(recipe), "dataset": "nowhere/pairs.jsonl"}}), run_dir)
+    with pytest.raises(SaferInstructError, match="at least one entry in `sources`"):
+        validate(PipelineConfig, {"name": "empty"}, "test config")
+    assert not run_dir.exists()
+
+
+def test_unreadable_state_and_missing_dataset_are_explained(tmp_path: Path) -> None:
+    from safer_instruct.pipeline import load_preferences
+
+    with pytest.raises(SaferInstructError, match="no preference dataset here"):
+        load_preferences(tmp_path)
+    source = write_jsonl(tmp_path / "raw.jsonl", [{"id": "a", "text": "fine text here", "category": "hate"}])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "state.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(SaferInstructError, match="the run state is unreadable"):
+        build(base_config(tmp_path, source), run_dir)

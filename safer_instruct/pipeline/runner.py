@@ -126,7 +126,7 @@ def llm_identity(config: LLMConfig) -> dict[str, Any]:
 def read_inputs(config: PipelineConfig) -> Inputs:
     """Read and check every source, eval set, helpfulness file, released CSV and template."""
     for template in (config.filter.template, config.respond.template, config.self_evaluate.template):
-        load_template(template)
+        load_template(template).render(instruction="an instruction", response="a response")  # fails here, not per item
     reverse_stage.check(config.reverse_model)
     responses = [r for source in config.sources for r in collect_stage.load_source(source)]
     prompts: list[str] = []
