@@ -169,6 +169,7 @@ def test_kill_9_mid_stage_then_resume_gives_the_same_dataset(finished_run: tuple
     assert _items_done(run_dir / "state.sqlite", "induce") == 3  # nothing duplicated, nothing lost
 
 
+@pytest.mark.slow
 def test_failed_items_are_kept_reported_and_retried(finished_run: tuple[Path, Path], tmp_path: Path, served_model) -> None:
     _, reference = finished_run
     run_dir = tmp_path / "run"
@@ -189,6 +190,7 @@ def test_failed_items_are_kept_reported_and_retried(finished_run: tuple[Path, Pa
     assert respond["failed"] == 0 and respond["out"] + sum(respond["dropped"].values()) == respond["in"]
 
 
+@pytest.mark.slow
 def test_trained_reverse_model_through_the_cli(tmp_path: Path, default_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     pairs = [{"instruction": f"Give me one tip about {t}.", "input": "", "output": f"Keep your {t} routine simple and regular."}
              for t in ("sleep", "cooking", "running", "saving money")]
