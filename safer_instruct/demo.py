@@ -72,18 +72,24 @@ def build_dataset(options: DemoOptions, console: Console) -> Path:
     config = load_pipeline_config(PIPELINE_CONFIG)
     if options.tiny:
         shrink_pipeline(config)
-    return build(config, options.run_dir, console).dataset_dir
+    result = build(config, options.run_dir, console)
+    if not result.funnel["rows"].get("safety"):
+        raise SaferInstructError(
+            f"no safety pair survived the pipeline (see {result.dataset_dir / 'funnel.json'}); "
+            "training on helpfulness pairs alone would not align anything"
+        )
+    return result.dataset_dir
 
 
 def shrink_pipeline(config: Any) -> None:
     """A few items and steps: the same code paths, in a couple of minutes."""
     for source in config.sources:
-        source.limit = 12
+        source.limit = 24
     if config.reverse_model.train:
         config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
     config.induce.candidates = 1
-    config.induce.sampling.max_new_tokens = 24
-    config.respond.sampling.max_new_tokens = 32
+    config.induce.sampling.max_new_tokens = 32
+    config.respond.sampling.max_new_tokens = 48
 
 
 def train_step(method: str, options: DemoOptions) -> Path:

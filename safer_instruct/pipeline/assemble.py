@@ -120,7 +120,10 @@ def split_rows(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> d
 
 
 def write_dataset(rows: list[dict[str, Any]], run_dir: str | Path, config: AssembleConfig, seed: int) -> dict[str, int]:
-    """Write ``<run>/dataset/<split>-00000-of-00001.parquet`` (replacing earlier files); returns rows per split."""
+    """Write ``<run>/dataset/<split>-00000-of-00001.parquet`` (replacing earlier files); returns rows per split.
+
+    A split with no rows gets no file (a parquet file without rows cannot be loaded as a split).
+    """
     from datasets import Dataset
 
     out = Path(run_dir) / DATASET_DIR
@@ -128,11 +131,14 @@ def write_dataset(rows: list[dict[str, Any]], run_dir: str | Path, config: Assem
     counts = {}
     for name, split in split_rows(rows, config.test_fraction, seed).items():
         target = out / f"{name}-00000-of-00001.parquet"
+        counts[name] = len(split)
+        if not split:
+            target.unlink(missing_ok=True)
+            continue
         partial = target.with_suffix(".parquet.partial")
         columns = features()
         Dataset.from_dict({name: [row[name] for row in split] for name in columns}, features=columns).to_parquet(str(partial))
         partial.replace(target)
-        counts[name] = len(split)
     if config.export_csv:
         from safer_instruct.pipeline.released import export_released
 
