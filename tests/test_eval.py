@@ -110,7 +110,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def test_malformed_prompt_file_names_file_line_and_field(tmp_path: Path) -> None:
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"prompt": "fine"}, "{not json"])
-    with pytest.raises(SaferInstructError, match=r"broken\.jsonl, line 2: not valid JSON"):
+    with pytest.raises(SaferInstructError, match=r"broken\.jsonl, line 2: malformed JSON"):
         load_prompt_set(PromptSetConfig(kind="unsafe", path=str(broken)))
     missing = write_jsonl(tmp_path / "missing.jsonl", [{"prompt": "fine"}, {}, {"text": "x"}])
     with pytest.raises(SaferInstructError, match=r"missing\.jsonl, line 2: field `prompt` is missing or empty"):
@@ -283,9 +283,9 @@ def _prompt_file(tmp_path: Path, name: str, content: str) -> str:
     ("set.txt", "prompt\n", r"set\.txt: unsupported file type '\.txt'"),
     ("set.jsonl", '["a list"]\n', r"set\.jsonl, line 1: expected a JSON object, got list"),
     ("set.json", '{"prompt": "x"}', r"set\.json: expected a JSON list of objects"),
-    ("set.json", '[{"prompt": "x"}, 3]', r"set\.json, item 1: expected an object, got int"),
-    ("set.json", "[{", r"set\.json: not valid JSON"),
-    ("set.jsonl", "\n\n", r"set\.jsonl: the prompt set is empty"),
+    ("set.json", '[{"prompt": "x"}, 3]', r"set\.json: expected a JSON list of objects"),
+    ("set.json", "[{", r"set\.json, line 1: malformed JSON"),
+    ("set.jsonl", "\n\n", r"set\.jsonl: no rows \(empty file\)"),
     ("set.csv", "prompt,category\n,hate\n", r"set\.csv, line 2: field `prompt` is missing or empty"),
 ])
 def test_bad_prompt_files(tmp_path: Path, name: str, content: str, message: str) -> None:
@@ -294,14 +294,14 @@ def test_bad_prompt_files(tmp_path: Path, name: str, content: str, message: str)
 
 
 def test_bad_labelled_and_answer_files(tmp_path: Path) -> None:
-    with pytest.raises(SaferInstructError, match="the labelled set is empty"):
+    with pytest.raises(SaferInstructError, match=r"empty\.jsonl: no rows \(empty file\)"):
         load_labelled(_prompt_file(tmp_path, "empty.jsonl", ""))
     only_questions = _prompt_file(tmp_path, "questions.csv", "instruction,label\nHi?,hh\n")
     with pytest.raises(SaferInstructError, match="no answer columns besides the instruction and label"):
         load_answers(AnswersConfig(path=only_questions))
     with pytest.raises(SaferInstructError, match=r"header\.csv: no rows"):
         load_answers(AnswersConfig(path=_prompt_file(tmp_path, "header.csv", "instruction,label,alpaca\n")))
-    with pytest.raises(SaferInstructError, match=r"cannot load Hub dataset '.*no-such-set' \(split 'test'\)"):
+    with pytest.raises(SaferInstructError, match=r"Hub dataset '.*no-such-set' \(split 'test'\) could not be loaded"):
         load_prompt_set(PromptSetConfig(kind="unsafe", hub=str(tmp_path / "no-such-org/no-such-set")))
 
 

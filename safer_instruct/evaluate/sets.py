@@ -6,9 +6,7 @@ Local files may be JSONL, JSON (a list of objects), CSV or parquet; a Hub datase
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -17,6 +15,7 @@ from pydantic import Field, model_validator
 
 from safer_instruct.config import StrictModel
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.pipeline.sources import read_hub, read_rows
 
 DATA_DIR = Path(__file__).parent / "data"
 SetKind = Literal["unsafe", "benign_risky", "benign"]
@@ -69,54 +68,8 @@ def item_id(text: str) -> str:
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (where, record) from a local JSONL/JSON/CSV/parquet file; ``where`` names file and line/row."""
-    path = Path(path)
-    if not path.is_file():
-        raise SaferInstructError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        yield from _jsonl(path)
-    elif suffix == ".json":
-        yield from _json(path)
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                yield f"{path}, line {reader.line_num}", row
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for index, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}, row {index}", row
-    else:
-        raise SaferInstructError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
-
-
-def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SaferInstructError(f"{where}: not valid JSON: {err.msg}") from None
-            if not isinstance(record, dict):
-                raise SaferInstructError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
-
-
-def _json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SaferInstructError(f"{path}: not valid JSON: {err.msg} (line {err.lineno})") from None
-    if not isinstance(records, list):
-        raise SaferInstructError(f"{path}: expected a JSON list of objects")
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise SaferInstructError(f"{path}, item {index}: expected an object, got {type(record).__name__}")
-        yield f"{path}, item {index}", record
+    for row in read_rows(path):
+        yield row.where, row.values
 
 
 def text_field(where: str, record: dict[str, Any], field: str, required: bool = True) -> str:
@@ -147,14 +100,8 @@ def load_prompt_set(config: PromptSetConfig) -> list[PromptItem]:
 
 
 def _hub_records(config: PromptSetConfig) -> Iterator[tuple[str, dict[str, Any]]]:
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(config.hub, config.hub_config, split=config.split)
-    except Exception as err:  # datasets raises many types; the user needs the id and the reason
-        raise SaferInstructError(f"cannot load Hub dataset {config.hub!r} (split {config.split!r}): {err}") from err
-    for index, row in enumerate(dataset):
-        yield f"{config.hub}[{config.split}], row {index}", row
+    for row in read_hub(config.hub, config.hub_config, config.split):
+        yield row.where, row.values
 
 
 def load_labelled(path: str | Path | None = None) -> list[LabelledAnswer]:
