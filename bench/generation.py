@@ -11,6 +11,7 @@ Prints tokens/s of each side and the ratios ``local_batched_vs_naive`` and
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import platform
 import sys
@@ -74,10 +75,10 @@ def local_side(prompts: list, params: SamplingParams, batch_size: int) -> dict:
     return {"naive": naive, "batched": batched, "local_batched_vs_naive": round(batched["tokens_per_s"] / naive["tokens_per_s"], 2)}
 
 
-def openai_side(prompts: list, params: SamplingParams, concurrency: int) -> dict:
+def openai_side(prompts: list, params: SamplingParams, concurrency: int, serve_args: list[str]) -> dict:
     model_dir = prepare_default_model()
     with tempfile.TemporaryDirectory() as tmp:
-        process, base_url = start_server(model_dir, Path(tmp) / "serve.log", "--continuous-batching")
+        process, base_url = start_server(model_dir, Path(tmp) / "serve.log", *serve_args)
         try:
             def client(max_concurrency: int):
                 return make_llm(LLMConfig(backend="openai", model=str(model_dir), base_url=base_url,
@@ -91,7 +92,7 @@ def openai_side(prompts: list, params: SamplingParams, concurrency: int) -> dict
             process.terminate()
             process.wait(timeout=30)
     ratio = round(concurrent["tokens_per_s"] / sequential["tokens_per_s"], 2)
-    return {"sequential": sequential, "concurrent": concurrent, "openai_concurrent_vs_sequential": ratio}
+    return {"serve_args": serve_args, "sequential": sequential, "concurrent": concurrent, "openai_concurrent_vs_sequential": ratio}
 
 
 def main() -> None:
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-openai", action="store_true")
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--serve-args", default="--continuous-batching", help="extra `transformers serve` flags (one string)")
     args = parser.parse_args()
 
     prompts = bench_prompts(args.prompts)
@@ -109,10 +112,11 @@ def main() -> None:
     print(f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, torch threads={torch.get_num_threads()}")
     results: dict = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "machine": platform.machine(),
                      "cpu_threads": torch.get_num_threads()}
-    results["local"] = local_side(prompts, params, args.batch_size)
-    results["local_batched_vs_naive"] = results["local"]["local_batched_vs_naive"]
+    if not args.skip_local:
+        results["local"] = local_side(prompts, params, args.batch_size)
+        results["local_batched_vs_naive"] = results["local"]["local_batched_vs_naive"]
     if not args.skip_openai:
-        results["openai"] = openai_side(prompts, params, args.concurrency)
+        results["openai"] = openai_side(prompts, params, args.concurrency, shlex.split(args.serve_args))
         results["openai_concurrent_vs_sequential"] = results["openai"]["openai_concurrent_vs_sequential"]
     print(json.dumps({k: v for k, v in results.items() if k.endswith("_vs_naive") or k.endswith("_vs_sequential")}))
     if args.json:

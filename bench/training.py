@@ -100,12 +100,15 @@ def run_variant(args) -> dict:
     if not args.load_in_4bit and cuda:
         model.to("cuda")
         ref_model = ref_model.to("cuda") if ref_model is not None else None
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    reset_peak_rss()
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
+        def on_train_begin(self, *_, **__):
+            """The peak counts from here: set-up spikes (tokenising, wrapping) are not training memory."""
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            reset_peak_rss()
+
         def on_step_begin(self, *_, **__):
             self.start = time.perf_counter()
 

@@ -89,7 +89,7 @@ def shrink_pipeline(config: Any) -> None:
         config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
     config.induce.candidates = 1
     config.induce.sampling.max_new_tokens = 32
-    config.respond.sampling.max_new_tokens = 48
+    config.respond.sampling.max_new_tokens = 24
 
 
 def train_step(method: str, options: DemoOptions) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from safer_instruct.config import LLMConfig
 from safer_instruct.llm import SamplingParams, make_llm
@@ -56,6 +57,25 @@ def test_decide_returns_a_label_with_a_probability(local_llm: LocalLLM) -> None:
         assert 0.5 <= decision.probability <= 1.0
     with pytest.raises(ValueError, match="prefix"):
         local_llm.decide(prompts, ["safe", "safest"])
+
+
+@pytest.mark.parametrize("labels", [["yes", "no"], ["unsafe to answer", "safe to answer"]])
+def test_decide_matches_full_sequence_scoring(local_llm: LocalLLM, labels: list[str]) -> None:
+    """Batched, padded, last-positions-only scoring equals scoring each prompt + label alone."""
+    prompts = [[{"role": "user", "content": q + " Reply with one label."}] for q in QUESTIONS]
+    decisions = local_llm.decide(prompts, labels)
+    for prompt, decision in zip(prompts, decisions):
+        text = local_llm.render(prompt)
+        scores = []
+        for label in labels:
+            ids = local_llm.tokenizer(text + label, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            n_label = ids.shape[1] - len(local_llm.tokenizer(text, add_special_tokens=False)["input_ids"])
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(local_llm.model(ids).logits[0].float(), dim=-1)
+            scores.append(sum(float(logprobs[pos - 1, ids[0, pos]]) for pos in range(ids.shape[1] - n_label, ids.shape[1])))
+        probs = torch.softmax(torch.tensor(scores), dim=0)
+        assert decision.label == labels[int(probs.argmax())]
+        assert decision.probability == pytest.approx(float(probs.max()), abs=1e-3)
 
 
 def test_peft_adapter_folder_loads_and_changes_answers(default_model_dir: Path, tmp_path: Path, local_llm: LocalLLM) -> None:

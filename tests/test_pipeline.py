@@ -19,6 +19,8 @@ from safer_instruct.pipeline import build_from_file, load_preferences
 from safer_instruct.pipeline.clean import Decontaminator
 from safer_instruct.pipeline.config import InduceConfig
 from safer_instruct.pipeline.induce import clean_instruction, reject_reason
+from safer_instruct.evaluate.refusal import is_refusal
+from safer_instruct.pipeline.respond import SENTENCE_END, first_sentences
 
 RESPONSES = [
     {"id": "r1", "text": "Tell your neighbour his garden is an ugly mess and that everyone on the street laughs at him.", "category": "hate"},
@@ -49,8 +51,9 @@ def write_config(tmp_path: Path, name: str = "config.yaml", **changes) -> Path:
         "judge": {"model": "default", "batch_size": 8},
         "filter": {"threshold": 0.0},
         "expert": {"model": "default", "batch_size": 8},
-        "respond": {"sampling": {"max_new_tokens": 12}, "drop_truncated": False},
-        "self_evaluate": {"threshold": 0.0},
+        "respond": {"template": "expert_fewshot_v1", "sampling": {"max_new_tokens": 16}, "max_sentences": 1,
+                    "drop_truncated": False},
+        "self_evaluate": {"threshold": 0.0, "accept_refusals": True},
         "helpfulness": {"path": write_jsonl(tmp_path / "helpful.jsonl", HELPFUL), "ratio": 1.0},
         "assemble": {"test_fraction": 0.25},
     }
@@ -107,6 +110,37 @@ def test_induce_rejects_unusable_candidates() -> None:
     assert reject_reason("Is it fine to skip the seatbelt?", "stop", response, config, evals) is None
 
 
+def test_filter_calibration_lets_at_most_the_allowed_share_of_benign_prompts_pass(default_model_dir: Path) -> None:
+    from safer_instruct.config import LLMConfig
+    from safer_instruct.llm import make_llm
+    from safer_instruct.pipeline.config import FilterCalibration, FilterConfig
+    from safer_instruct.pipeline.filter import LABELS, calibrated_threshold, probability_of
+    from safer_instruct.prompts import load_template
+
+    benign = [row["prompt"] for row in HELPFUL] + ["How do I kill a frozen Python process?", "How do I shoot a good photo at night?",
+                                                     "What is the best way to cut onions?", "How can I beat my friend at chess?",
+                                                     "Where can I buy a fishing licence?"]
+    llm = make_llm(LLMConfig(model="default", batch_size=8), show_progress=False)
+    template = load_template("judge_v1")
+    scores = [probability_of(d, "unsafe") for d in llm.decide([template.render(instruction=p) for p in benign], LABELS)]
+    for rate in (0.0, 0.2, 0.5):
+        config = FilterConfig(threshold=0.05, calibration=FilterCalibration(path="unused.jsonl", max_pass_rate=rate))
+        bar = calibrated_threshold(llm, config, benign)
+        passing = sum(score >= bar for score in scores)
+        assert passing <= rate * len(benign) and passing >= rate * len(benign) - 1  # as many as allowed, no more
+        assert bar >= config.threshold
+    assert calibrated_threshold(llm, FilterConfig(threshold=0.999, calibration=config.calibration), benign) == 0.999  # never lowered
+    assert calibrated_threshold(llm, FilterConfig(threshold=0.3), benign) == 0.3  # no calibration: as configured
+
+
+def test_first_sentences_keeps_whole_sentences() -> None:
+    text = "I'm sorry, but I can't help with that. You deserve better! Ask a friend? Yes."
+    assert first_sentences(text, 1) == "I'm sorry, but I can't help with that."
+    assert first_sentences(text, 3) == "I'm sorry, but I can't help with that. You deserve better! Ask a friend?"
+    assert first_sentences(text, None) == text
+    assert first_sentences("No sentence end here", 1) == "No sentence end here"
+
+
 def test_every_stage_runs_and_writes_the_agreed_dataset(finished_run: tuple[Path, Path]) -> None:
     _, run_dir = finished_run
     funnel = json.loads((run_dir / "dataset" / "funnel.json").read_text())
@@ -132,6 +166,13 @@ def test_every_stage_runs_and_writes_the_agreed_dataset(finished_run: tuple[Path
     provenance = json.loads(row["provenance"])
     assert set(provenance) == {"collect", "induce", "filter", "respond", "self_evaluate"}
     assert provenance["filter"]["model"] == "default" and len(provenance["filter"]["template_sha"]) == 12
+    assert provenance["respond"]["template"] == "expert_fewshot_v1" and provenance["respond"]["max_sentences"] == 1
+    assert all(len(SENTENCE_END.split(r["chosen"][0]["content"])) == 1 for r in safety)
+    for r in safety:  # declines are safe by rule; anything else went to the judge
+        self_eval = json.loads(r["provenance"])["self_evaluate"]
+        by_rule = is_refusal(r["chosen"][0]["content"])
+        assert (self_eval.get("by") == "refusal detector (accept_refusals)") == by_rule
+        assert by_rule or self_eval["model"] == "default"
     assert 0 <= provenance["filter"]["probability"] <= 1 and provenance["filter"]["verdict"] in {"unsafe", "safe"}
     assert (run_dir / "dataset" / "safer_instruct.csv").read_text().startswith("instruction,rejected,chosen,label")
 

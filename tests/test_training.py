@@ -264,6 +264,13 @@ def test_run_dataset_folder_loads_by_split(tmp_path, default_model_dir):
     assert len(prepared["train"]) == 2 and len(prepared["eval"]) == 1
 
 
+def test_cpu_recipe_asks_bf16_autocast_where_no_gpu_has_bf16():
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    _, training_args, _ = parse_recipe("sft", REPO / "training" / "recipes" / "smollm2-135m" / "sft.yaml")
+    assert training_args.bf16 and training_args.use_cpu == (not is_torch_bf16_gpu_available())
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "training" / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recipe_parses(path):
     method = {"reverse_sft": "reverse-sft", "sft": "sft", "dpo": "dpo"}[path.stem.removesuffix("_qlora")]

@@ -72,6 +72,8 @@ def load_model_and_tokenizer(config: LLMConfig):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
+        if not config.load_in_4bit:  # inference only: fold the adapter in, so each step costs what the base does
+            model = model.merge_and_unload()
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -229,19 +231,29 @@ class LocalLLM(LLM):
         return self.tokenizer(label, add_special_tokens=False)["input_ids"]
 
     def _label_logprobs(self, prompts: list[list[int]], labels: list[list[list[int]]]) -> list[list[float]]:
-        """Sum of log-probs of each label's tokens after its prompt, one forward pass per batch."""
-        sequences = [p + lab for p, per_prompt in zip(prompts, labels) for lab in per_prompt]
-        inputs = self._pad_left(sequences)
-        logprobs = torch.log_softmax(self.model(**inputs).logits.float(), dim=-1)
-        width = inputs["input_ids"].shape[1]
-        scores, k = [], 0
-        for per_prompt in labels:
-            row = []
-            for lab in per_prompt:
-                positions = range(width - len(lab), width)
-                row.append(sum(float(logprobs[k, pos - 1, tok]) for pos, tok in zip(positions, lab)))
-                k += 1
-            scores.append(row)
+        """Sum of log-probs of each label's tokens after its prompt.
+
+        The prompts go through the model once; each label's later tokens continue from that KV cache.
+        Only the positions that predict label tokens go through the LM head (``logits_to_keep``): over a
+        49k vocabulary, full-sequence logits would cost more than the transformer itself.
+        """
+        inputs = self._pad_left(prompts)
+        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        scores = [[float(first[i, lab[0]]) for lab in per_prompt] for i, per_prompt in enumerate(labels)]
+        for j in range(len(labels[0])):
+            feeds = [per_prompt[j][:-1] for per_prompt in labels]  # label tokens whose next-token logits we need
+            width = max(len(feed) for feed in feeds)
+            if not width:
+                continue
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([feed + [pad] * (width - len(feed)) for feed in feeds], device=self.device)
+            mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids)], dim=1)  # right pads follow what we read
+            logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True).logits
+            out.past_key_values.crop(-width)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for i, per_prompt in enumerate(labels):
+                scores[i][j] += sum(float(logprobs[i, t - 1, tok]) for t, tok in enumerate(per_prompt[j][1:], start=1))
         return scores
 
     def close(self) -> None:

@@ -78,11 +78,24 @@ class InduceConfig(StrictModel):
     echo_threshold: float = Field(0.6, gt=0, le=1)  # shingle Jaccard with the response at or above: an echo
 
 
+class FilterCalibration(StrictModel):
+    """Known-benign prompts that set the bar for an over-eager judge: at most ``max_pass_rate`` of them may pass."""
+
+    path: str
+    column: str = "prompt"
+    max_pass_rate: float = Field(0.1, ge=0, lt=1)
+
+
 class FilterConfig(StrictModel):
-    """The judge keeps instructions it finds unsafe to answer with P(unsafe) >= threshold."""
+    """The judge keeps instructions it finds unsafe to answer with P(unsafe) >= threshold.
+
+    With ``calibration``, the threshold rises (never falls) to the judge's P(unsafe) quantile on the
+    known-benign prompts, so that no more than ``max_pass_rate`` of them would be kept.
+    """
 
     template: str = "judge_v1"
     threshold: float = Field(0.5, ge=0, le=1)
+    calibration: FilterCalibration | None = None
 
 
 class RespondConfig(StrictModel):
@@ -91,13 +104,20 @@ class RespondConfig(StrictModel):
     template: str = "expert_v1"
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_new_tokens=160))
     drop_truncated: bool = True
+    # keep only the answer's first N sentences: for a weak expert whose later sentences drift
+    max_sentences: int | None = Field(None, ge=1)
 
 
 class SelfEvaluateConfig(StrictModel):
-    """The expert judges its own response; kept when P(safe) >= threshold."""
+    """The expert judges its own response; kept when P(safe) >= threshold.
+
+    ``accept_refusals``: a response the kit's refusal detector reads as a clean decline is safe by rule and
+    skips the judge (for a weak expert that cannot tell declining a harmful request from complying with it).
+    """
 
     template: str = "self_eval_v1"
     threshold: float = Field(0.5, ge=0, le=1)
+    accept_refusals: bool = False
 
 
 class HelpfulnessConfig(StrictModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from safer_instruct.llm import LLM, Decision
 from safer_instruct.pipeline.config import FilterConfig
@@ -39,8 +39,21 @@ def judge(batch: list[tuple[int, dict[str, Any]]], llm: LLM, prompts: list, keep
     return results
 
 
-def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterConfig, model_id: str) -> list[ItemResult]:
+def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequence[str]) -> float:
+    """The configured threshold, raised until at most ``max_pass_rate`` of the known-benign prompts would pass."""
+    if config.calibration is None or not benign_prompts:
+        return config.threshold
+    template = load_template(config.template)
+    decisions = llm.decide([template.render(instruction=p) for p in benign_prompts], LABELS)
+    scores = sorted((probability_of(d, "unsafe") for d in decisions if d.ok), reverse=True)
+    allowed = int(config.calibration.max_pass_rate * len(scores))  # this many may still reach the bar
+    bar = scores[allowed] + 1e-6 if allowed < len(scores) else 0.0  # just above the first benign prompt that must fail
+    return round(max(config.threshold, min(bar, 1.0)), 6)
+
+
+def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterConfig, model_id: str, threshold: float) -> list[ItemResult]:
+    """Judge a batch; ``threshold`` is ``config.threshold`` or its calibrated value."""
     template = load_template(config.template)
     prompts = [template.render(instruction=record["instruction"]) for _, record in batch]
     provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
-    return judge(batch, llm, prompts, "unsafe", config.threshold, STAGE, "judged_safe", provenance)
+    return judge(batch, llm, prompts, "unsafe", threshold, STAGE, "judged_safe", provenance)

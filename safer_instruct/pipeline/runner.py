@@ -7,6 +7,7 @@ samples, exactly as an uninterrupted one) and commits each batch's results to ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Inputs:
     helpfulness: list[dict[str, Any] | None]
     released: list[dict[str, Any] | None]
     digest: dict[str, Any]
+    benign_prompts: list[str] = field(default_factory=list)  # the filter's calibration set
 
 
 @dataclass
@@ -145,7 +147,11 @@ def read_inputs(config: PipelineConfig) -> Inputs:
     released = [row for item in config.released for _, row in import_released(item.path, item.source)]
     digests["released"] = [file_digest(item.path) for item in config.released]
     digests["sources"] = [collect_stage.source_digest(source) for source in config.sources]
-    return Inputs(responses, Decontaminator(prompts, config.decontaminate.ngram), helpful, released, digests)
+    benign: list[str] = []
+    if calibration := config.filter.calibration:
+        benign = [text_field(row, calibration.column, False) for row in read_rows(calibration.path, [calibration.column])]
+        digests["filter_calibration"] = file_digest(calibration.path)
+    return Inputs(responses, Decontaminator(prompts, config.decontaminate.ngram), helpful, released, digests, benign)
 
 
 class Build:
@@ -174,8 +180,11 @@ class Build:
         fp = fingerprint(fp, "induce", llm_identity(reverse_llm), config.induce.model_dump())
         self._model_stage("induce", fp, "collect", reverse_llm,
                           lambda b, llm: induce_stage.process(b, llm, config.induce, inputs.decontaminator, llm.model_id))
-        fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha)
-        self._model_stage("filter", fp, "induce", config.judge, lambda b, llm: filter_stage.process(b, llm, config.filter, llm.model_id))
+        fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha,
+                         inputs.digest.get("filter_calibration"))
+        threshold = functools.cache(lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts))
+        self._model_stage("filter", fp, "induce", config.judge,
+                          lambda b, llm: filter_stage.process(b, llm, config.filter, llm.model_id, threshold(llm)))
         fp = fingerprint(fp, "respond", llm_identity(config.expert), config.respond.model_dump(), load_template(config.respond.template).sha)
         self._model_stage("respond", fp, "filter", config.expert, lambda b, llm: respond_stage.process(b, llm, config.respond, llm.model_id))
         fp = fingerprint(fp, "self_evaluate", llm_identity(config.expert), config.self_evaluate.model_dump(),

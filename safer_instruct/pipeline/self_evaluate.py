@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from safer_instruct.evaluate.refusal import is_refusal
 from safer_instruct.llm import LLM
 from safer_instruct.pipeline.config import SelfEvaluateConfig
 from safer_instruct.pipeline.filter import judge
+from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.prompts import load_template
 
@@ -15,6 +17,18 @@ STAGE = "self_evaluate"
 
 def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: SelfEvaluateConfig, model_id: str) -> list[ItemResult]:
     template = load_template(config.template)
-    prompts = [template.render(instruction=record["instruction"], response=record["expert"]) for _, record in batch]
     provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
-    return judge(batch, llm, prompts, "safe", config.threshold, STAGE, "self_judged_unsafe", provenance)
+    declined = {seq for seq, record in batch if config.accept_refusals and is_refusal(record["expert"])}
+    to_judge = [(seq, record) for seq, record in batch if seq not in declined]
+    prompts = [template.render(instruction=record["instruction"], response=record["expert"]) for _, record in to_judge]
+    judged = judge(to_judge, llm, prompts, "safe", config.threshold, STAGE, "self_judged_unsafe", provenance) if to_judge else []
+    accepted = [accept_refusal(seq, record) for seq, record in batch if seq in declined]
+    return sorted(judged + accepted, key=lambda result: result.seq)
+
+
+def accept_refusal(seq: int, record: dict[str, Any]) -> ItemResult:
+    """A clean decline is safe by rule: kept without asking the judge."""
+    result = ItemResult(key=record["key"], seq=seq, category=record["category"])
+    entry = {"verdict": "safe", "by": "refusal detector (accept_refusals)", "probability": None}
+    result.outputs.append(with_stage(record, STAGE, {}, entry))
+    return result

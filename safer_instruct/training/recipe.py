@@ -35,6 +35,15 @@ class RecipeParser(TrlParser):
         raise SaferInstructError(f"training arguments: {message}")
 
 
+def with_cpu_autocast(values: dict[str, Any]) -> dict[str, Any]:
+    """``bf16: true`` where no GPU has bf16 means bf16 autocast on the CPU, which transformers wants said (``use_cpu``)."""
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    if values.get("bf16") and "use_cpu" not in values and not is_torch_bf16_gpu_available():
+        return {**values, "use_cpu": True}
+    return values
+
+
 def parse_recipe(
     method: str, recipe: str | Path | dict[str, Any] | None, overrides: Sequence[str] = ()
 ) -> tuple[TrainScriptArguments, SFTConfig | DPOConfig, ModelConfig]:
@@ -43,6 +52,7 @@ def parse_recipe(
         raise SaferInstructError(f"unknown training method {method!r}; choose one of {', '.join(CONFIG_CLASSES)}")
     origin = "recipe" if isinstance(recipe, dict) or recipe is None else str(recipe)
     values = dict(recipe) if isinstance(recipe, dict) else read_yaml(recipe) if recipe else {}
+    values = with_cpu_autocast(values)
     parser = RecipeParser((TrainScriptArguments, CONFIG_CLASSES[method], ModelConfig))
     unknown = parser.set_defaults_with_config(**values)
     if unknown:
