@@ -88,6 +88,7 @@ def shrink_pipeline(config: Any) -> None:
     if config.reverse_model.train:
         config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
     config.induce.candidates = 1
+    config.filter.calibration = None  # a 2-step reverse model's few instructions seldom clear the calibrated bar
     config.induce.sampling.max_new_tokens = 32
     config.respond.sampling.max_new_tokens = 24
 
