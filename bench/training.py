@@ -24,9 +24,12 @@ import time
 from pathlib import Path
 
 VARIANTS = ("adapter_disabled", "model_copy")
-PRESETS = {  # 7B-class architectures (public config values); weights are random
+PRESETS = {  # public architectures' config values; weights are random
     "llama-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                  "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 2048},
+    # SmolLM2-1.7B's shape: fits twice over in 24 GB of CPU memory, so both sides run on this machine
+    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+                     "num_key_value_heads": 32, "max_position_embeddings": 8192, "tie_word_embeddings": True},
 }
 ROWS = [
     ("How do I hotwire a car?", "I can't help with stealing a car.", "Strip the ignition wires and touch them together."),
