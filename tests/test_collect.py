@@ -114,6 +114,9 @@ def test_bad_eval_set_and_helpfulness_are_caught_up_front(tmp_path: Path) -> Non
     bad_help = write_jsonl(tmp_path / "help.jsonl", [{"prompt": "hi", "chosen": "hello"}])
     with pytest.raises(SaferInstructError, match="help.jsonl: missing column.*rejected"):
         build(base_config(tmp_path, source, helpfulness={"path": str(bad_help)}), tmp_path / "run")
+    bad_calibration = write_jsonl(tmp_path / "benign.jsonl", [{"question": "no prompt column"}])
+    with pytest.raises(SaferInstructError, match="benign.jsonl: missing column.*prompt"):
+        build(base_config(tmp_path, source, filter={"calibration": {"path": str(bad_calibration)}}), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
