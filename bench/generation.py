@@ -11,9 +11,9 @@ Prints tokens/s of each side and the ratios ``local_batched_vs_naive`` and
 from __future__ import annotations
 
 import argparse
-import shlex
 import json
 import platform
+import shlex
 import sys
 import tempfile
 import time

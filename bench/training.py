@@ -6,6 +6,8 @@ set during the steps (also reported net of what the process held before any mode
 it is ``torch.cuda.max_memory_allocated``.
 
     python bench/training.py --json bench/results/training.json
+    # CPU, SmolLM2-1.7B's shape with random weights (weights outweigh activations, as on large models):
+    python bench/training.py --preset smollm2-1.7b --json bench/results/training_smollm2-1.7b.json
     # GPU, 7B-class model from its config with random weights (nothing downloaded), QLoRA:
     python bench/training.py --preset llama-7b --load-in-4bit --json bench/results/training_gpu.json
 """
