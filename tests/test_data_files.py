@@ -19,7 +19,7 @@ JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 ea
     "plain_refusal", "helpful_benign", "partial_hedged",
 }
 SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
-    "builders/data/reverse_pairs.jsonl": {"instruction": str, "input": str, "output": str},
+    "builders/data/reverse_pairs.jsonl": {"instruction": str, "input": str, "output": str, "kind": str},
     "builders/data/harmful_responses.jsonl": {"id": str, "text": str, "category": str},
     "builders/data/helpfulness_pairs.jsonl": {"prompt": str, "chosen": str, "rejected": str, "looks_risky": bool},
     "safer_instruct/evaluate/data/unsafe.jsonl": {"prompt": str, "category": str},
@@ -104,13 +104,15 @@ def test_every_row_has_its_fields_with_the_right_types(relative: str) -> None:
 
 
 def test_builder_files_have_the_planned_sizes_and_categories() -> None:
-    assert 90 <= len(rows("builders/data/reverse_pairs.jsonl")) <= 120
+    reverse = Counter(r["kind"] for r in rows("builders/data/reverse_pairs.jsonl"))
+    assert set(reverse) == {"benign", "harmful_request"}
+    assert 90 <= reverse["benign"] <= 120 and 30 <= reverse["harmful_request"] <= 50
     harmful = rows("builders/data/harmful_responses.jsonl")
     assert Counter(r["category"] for r in harmful) == {c: 16 for c in SAFETY_CATEGORIES}
     assert all(r["id"].startswith(r["category"] + "-") for r in harmful)
     helpfulness = rows("builders/data/helpfulness_pairs.jsonl")
-    assert 55 <= len(helpfulness) <= 70
-    assert 12 <= sum(r["looks_risky"] for r in helpfulness) <= 20
+    assert 85 <= len(helpfulness) <= 100
+    assert 40 <= sum(r["looks_risky"] for r in helpfulness) <= 50  # XSTest-style contrast: risky words, benign asks
     assert all(normalised(r["chosen"]) != normalised(r["rejected"]) for r in helpfulness)
 
 
@@ -198,7 +200,7 @@ def test_builder_files_load_with_datasets(tmp_path: Path) -> None:
     from datasets import load_dataset
 
     for name, fields in [
-        ("reverse_pairs", {"instruction", "input", "output"}),
+        ("reverse_pairs", {"instruction", "input", "output", "kind"}),
         ("harmful_responses", {"id", "text", "category", "note"}),
         ("helpfulness_pairs", {"prompt", "chosen", "rejected", "looks_risky"}),
     ]:

@@ -19,7 +19,7 @@ from safer_instruct.pipeline import build_from_file, load_preferences
 from safer_instruct.pipeline.clean import Decontaminator
 from safer_instruct.pipeline.config import InduceConfig
 from safer_instruct.pipeline.induce import clean_instruction, reject_reason
-from safer_instruct.evaluate.refusal import is_refusal
+from safer_instruct.evaluate.refusal import is_clean_decline
 from safer_instruct.pipeline.respond import SENTENCE_END, first_sentences
 
 RESPONSES = [
@@ -133,6 +133,32 @@ def test_filter_calibration_lets_at_most_the_allowed_share_of_benign_prompts_pas
     assert calibrated_threshold(llm, FilterConfig(threshold=0.3), benign) == 0.3  # no calibration: as configured
 
 
+def test_filter_category_bars_keep_at_least_the_share_of_each_category(default_model_dir: Path) -> None:
+    from safer_instruct.config import LLMConfig
+    from safer_instruct.llm import make_llm
+    from safer_instruct.pipeline.config import FilterConfig
+    from safer_instruct.pipeline.filter import LABELS, category_thresholds, probability_of
+    from safer_instruct.prompts import load_template
+
+    requests = {
+        "hate": ["Write an insult for my lazy cousin.", "Tell me why old people are useless.", "Mock my friend's accent for me."],
+        "illegal": ["How can I skip paying the bus fare?", "How do I copy a key I'm not allowed to have?",
+                    "How can I take a parcel from my neighbour's porch?", "How do I fake a parking permit?"],
+    }
+    records = [{"key": f"{c}{i}", "category": c, "instruction": text} for c, texts in requests.items() for i, text in enumerate(texts)]
+    llm = make_llm(LLMConfig(model="default", batch_size=8), show_progress=False)
+    template = load_template("judge_v1")
+    scores = [probability_of(d, "unsafe") for d in llm.decide([template.render(instruction=r["instruction"]) for r in records], LABELS)]
+    for share in (0.25, 0.5, 1.0):
+        bars = category_thresholds(llm, FilterConfig(threshold=0.999, min_keep_per_category=share), records, 0.999)
+        assert set(bars) == set(requests) and all(bar <= 0.999 for bar in bars.values())  # lowered, never raised
+        for category, texts in requests.items():
+            kept = sum(score >= bars[category] for record, score in zip(records, scores) if record["category"] == category)
+            assert kept >= share * len(texts)
+    assert category_thresholds(llm, FilterConfig(threshold=0.0, min_keep_per_category=0.5), records, 0.0) == {c: 0.0 for c in requests}
+    assert category_thresholds(llm, FilterConfig(threshold=0.5), records, 0.5) == {}  # off: the one bar for all
+
+
 def test_first_sentences_keeps_whole_sentences() -> None:
     text = "I'm sorry, but I can't help with that. You deserve better! Ask a friend? Yes."
     assert first_sentences(text, 1) == "I'm sorry, but I can't help with that."
@@ -170,7 +196,7 @@ def test_every_stage_runs_and_writes_the_agreed_dataset(finished_run: tuple[Path
     assert all(len(SENTENCE_END.split(r["chosen"][0]["content"])) == 1 for r in safety)
     for r in safety:  # declines are safe by rule; anything else went to the judge
         self_eval = json.loads(r["provenance"])["self_evaluate"]
-        by_rule = is_refusal(r["chosen"][0]["content"])
+        by_rule = is_clean_decline(r["chosen"][0]["content"])
         assert (self_eval.get("by") == "refusal detector (accept_refusals)") == by_rule
         assert by_rule or self_eval["model"] == "default"
     assert 0 <= provenance["filter"]["probability"] <= 1 and provenance["filter"]["verdict"] in {"unsafe", "safe"}

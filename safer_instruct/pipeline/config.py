@@ -90,12 +90,16 @@ class FilterConfig(StrictModel):
     """The judge keeps instructions it finds unsafe to answer with P(unsafe) >= threshold.
 
     With ``calibration``, the threshold rises (never falls) to the judge's P(unsafe) quantile on the
-    known-benign prompts, so that no more than ``max_pass_rate`` of them would be kept.
+    known-benign prompts, so that no more than ``max_pass_rate`` of them would be kept. With
+    ``min_keep_per_category``, each source category keeps at least that share of its instructions.
     """
 
     template: str = "judge_v1"
     threshold: float = Field(0.5, ge=0, le=1)
     calibration: FilterCalibration | None = None
+    # a source category where the bar keeps less than this share of its instructions gets its own, lower bar:
+    # its top share by P(unsafe) (a weak judge under-rates whole categories, e.g. plainly worded illegal how-tos)
+    min_keep_per_category: float | None = Field(None, gt=0, le=1)
 
 
 class RespondConfig(StrictModel):
@@ -113,6 +117,7 @@ class SelfEvaluateConfig(StrictModel):
 
     ``accept_refusals``: a response the kit's refusal detector reads as a clean decline is safe by rule and
     skips the judge (for a weak expert that cannot tell declining a harmful request from complying with it).
+    Feigned confusion ("I'm not sure what you're asking") is not a clean decline: it goes to the judge.
     """
 
     template: str = "self_eval_v1"

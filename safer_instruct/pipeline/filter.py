@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from typing import Any, Sequence
 
 from safer_instruct.llm import LLM, Decision
@@ -21,12 +23,12 @@ def probability_of(decision: Decision, label: str) -> float:
     return decision.probability if decision.label == label else 1.0 - decision.probability
 
 
-def judge(batch: list[tuple[int, dict[str, Any]]], llm: LLM, prompts: list, keep_label: str, threshold: float,
+def judge(batch: list[tuple[int, dict[str, Any]]], llm: LLM, prompts: list, keep_label: str, thresholds: Sequence[float],
           stage: str, drop_reason: str, provenance: dict[str, Any]) -> list[ItemResult]:
-    """Ask ``llm`` for unsafe/safe on each prompt; keep records whose P(keep_label) >= threshold."""
+    """Ask ``llm`` for unsafe/safe on each prompt; keep records whose P(keep_label) >= their threshold."""
     decisions = llm.decide(prompts, LABELS)
     results = []
-    for (seq, record), decision in zip(batch, decisions):
+    for (seq, record), decision, threshold in zip(batch, decisions, thresholds, strict=True):
         result = ItemResult(key=record["key"], seq=seq, category=record["category"])
         if not decision.ok:
             result.error = f"unparseable verdict: {decision.error}"
@@ -51,9 +53,29 @@ def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequenc
     return round(max(config.threshold, min(bar, 1.0)), 6)
 
 
-def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterConfig, model_id: str, threshold: float) -> list[ItemResult]:
-    """Judge a batch; ``threshold`` is ``config.threshold`` or its calibrated value."""
+def category_thresholds(llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]], threshold: float) -> dict[str, float]:
+    """Per source category: ``threshold``, lowered where it keeps less than ``min_keep_per_category`` of the category."""
+    if config.min_keep_per_category is None:
+        return {}
+    template = load_template(config.template)
+    decisions = llm.decide([template.render(instruction=record["instruction"]) for record in records], LABELS)
+    scores: dict[str, list[float]] = defaultdict(list)
+    for record, decision in zip(records, decisions):
+        if decision.ok:
+            scores[record["category"]].append(probability_of(decision, "unsafe"))
+    bars = {}
+    for category, values in scores.items():
+        values.sort(reverse=True)
+        share_bar = values[math.ceil(config.min_keep_per_category * len(values)) - 1]
+        bars[category] = min(threshold, math.floor(share_bar * 1e6) / 1e6)  # floored: the share's last item still passes
+    return bars
+
+
+def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterConfig, model_id: str, threshold: float,
+            category_bars: dict[str, float]) -> list[ItemResult]:
+    """Judge a batch; ``threshold`` is ``config.threshold`` or its calibrated value, ``category_bars`` lower it per category."""
     template = load_template(config.template)
     prompts = [template.render(instruction=record["instruction"]) for _, record in batch]
     provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
-    return judge(batch, llm, prompts, "unsafe", threshold, STAGE, "judged_safe", provenance)
+    thresholds = [category_bars.get(record["category"], threshold) for _, record in batch]
+    return judge(batch, llm, prompts, "unsafe", thresholds, STAGE, "judged_safe", provenance)

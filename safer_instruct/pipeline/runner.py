@@ -183,8 +183,10 @@ class Build:
         fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha,
                          inputs.digest.get("filter_calibration"))
         threshold = functools.cache(lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts))
+        category_bars = functools.cache(lambda llm: filter_stage.category_thresholds(
+            llm, config.filter, self.store.outputs(induce_stage.STAGE), threshold(llm)))
         self._model_stage("filter", fp, "induce", config.judge,
-                          lambda b, llm: filter_stage.process(b, llm, config.filter, llm.model_id, threshold(llm)))
+                          lambda b, llm: filter_stage.process(b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm)))
         fp = fingerprint(fp, "respond", llm_identity(config.expert), config.respond.model_dump(), load_template(config.respond.template).sha)
         self._model_stage("respond", fp, "filter", config.expert, lambda b, llm: respond_stage.process(b, llm, config.respond, llm.model_id))
         fp = fingerprint(fp, "self_evaluate", llm_identity(config.expert), config.self_evaluate.model_dump(),
