@@ -102,6 +102,8 @@ def test_bad_config_types_name_the_field(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "raw.jsonl", [{"id": "a", "text": "fine text here", "category": "hate"}])
     with pytest.raises(SaferInstructError, match=r"field `induce.candidates`: .*got 'two'"):
         base_config(tmp_path, source, induce={"candidates": "two"})
+    with pytest.raises(SaferInstructError, match=r"field `filter.min_keep_per_category`: .*greater than 0"):
+        base_config(tmp_path, source, filter={"min_keep_per_category": 0})
     with pytest.raises(SaferInstructError, match=r"field `sources.0`: .*exactly one of `category` or `category_column`"):
         validate(PipelineConfig, {"sources": [{"name": "raw", "path": str(source)}]}, "test config")
 

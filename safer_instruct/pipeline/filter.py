@@ -41,13 +41,18 @@ def judge(batch: list[tuple[int, dict[str, Any]]], llm: LLM, prompts: list, keep
     return results
 
 
+def unsafe_scores(llm: LLM, config: FilterConfig, instructions: Sequence[str]) -> list[float | None]:
+    """The judge's P(unsafe) for each instruction; None where its verdict could not be parsed."""
+    template = load_template(config.template)
+    decisions = llm.decide([template.render(instruction=text) for text in instructions], LABELS)
+    return [probability_of(d, "unsafe") if d.ok else None for d in decisions]
+
+
 def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequence[str]) -> float:
     """The configured threshold, raised until at most ``max_pass_rate`` of the known-benign prompts would pass."""
     if config.calibration is None or not benign_prompts:
         return config.threshold
-    template = load_template(config.template)
-    decisions = llm.decide([template.render(instruction=p) for p in benign_prompts], LABELS)
-    scores = sorted((probability_of(d, "unsafe") for d in decisions if d.ok), reverse=True)
+    scores = sorted((p for p in unsafe_scores(llm, config, benign_prompts) if p is not None), reverse=True)
     allowed = int(config.calibration.max_pass_rate * len(scores))  # this many may still reach the bar
     bar = scores[allowed] + 1e-6 if allowed < len(scores) else 0.0  # just above the first benign prompt that must fail
     return round(max(config.threshold, min(bar, 1.0)), 6)
@@ -57,12 +62,10 @@ def category_thresholds(llm: LLM, config: FilterConfig, records: Sequence[dict[s
     """Per source category: ``threshold``, lowered where it keeps less than ``min_keep_per_category`` of the category."""
     if config.min_keep_per_category is None:
         return {}
-    template = load_template(config.template)
-    decisions = llm.decide([template.render(instruction=record["instruction"]) for record in records], LABELS)
     scores: dict[str, list[float]] = defaultdict(list)
-    for record, decision in zip(records, decisions):
-        if decision.ok:
-            scores[record["category"]].append(probability_of(decision, "unsafe"))
+    for record, p in zip(records, unsafe_scores(llm, config, [record["instruction"] for record in records])):
+        if p is not None:
+            scores[record["category"]].append(p)
     bars = {}
     for category, values in scores.items():
         values.sort(reverse=True)
