@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from safer_instruct.config import LLMConfig
-from safer_instruct.llm import SamplingParams, make_llm
+from safer_instruct.llm import CachedLLM, ResponseCache, SamplingParams, make_llm
 from safer_instruct.llm.local import LocalLLM
 
 QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write one sentence about the sea.", "What is 2 + 2?"]
@@ -76,6 +76,24 @@ def test_decide_matches_full_sequence_scoring(local_llm: LocalLLM, labels: list[
         probs = torch.softmax(torch.tensor(scores), dim=0)
         assert decision.label == labels[int(probs.argmax())]
         assert decision.probability == pytest.approx(float(probs.max()), abs=1e-3)
+
+
+def test_loglikelihood_matches_full_sequence_scoring(local_llm: LocalLLM, tmp_path: Path) -> None:
+    """Batched, padded scoring of given answers equals scoring each prompt + answer alone."""
+    answers = ["Paris.", "Red, green and blue are three colours.", "The sea is calm tonight.", "4"]
+    scores = local_llm.loglikelihood(CHATS, answers)
+    for chat, answer, score in zip(CHATS, answers, scores):
+        text = local_llm.render(chat)
+        ids = local_llm.tokenizer(text + answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        n_answer = ids.shape[1] - len(local_llm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(local_llm.model(ids).logits[0].float(), dim=-1)
+        expected = sum(float(logprobs[pos - 1, ids[0, pos]]) for pos in range(ids.shape[1] - n_answer, ids.shape[1]))
+        assert score.tokens == n_answer and score.logprob == pytest.approx(expected, abs=0.05)
+    assert scores[0].logprob > local_llm.loglikelihood([CHATS[1]], ["Paris."])[0].logprob  # the answer fits its question
+    cached = CachedLLM(local_llm, ResponseCache(tmp_path / "cache.sqlite"))
+    assert cached.loglikelihood(CHATS, answers) == scores and cached.misses == len(CHATS)
+    assert cached.loglikelihood(CHATS, answers) == scores and cached.hits == len(CHATS)  # the second time from the cache
 
 
 def test_peft_adapter_folder_loads_and_changes_answers(default_model_dir: Path, tmp_path: Path, local_llm: LocalLLM) -> None:

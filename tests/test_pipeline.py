@@ -49,7 +49,7 @@ def write_config(tmp_path: Path, name: str = "config.yaml", **changes) -> Path:
         "induce": {"candidates": 2, "min_chars": 3,
                    "sampling": {"max_new_tokens": 24, "temperature": 0.8, "top_p": 0.95, "seed": 3, "stop": ["\n", ".", "?"]}},
         "judge": {"model": "default", "batch_size": 8},
-        "filter": {"threshold": 0.0},
+        "filter": {"threshold": 0.0, "response_match": {"keep_per_response": 1, "min_gain": -100.0}},
         "expert": {"model": "default", "batch_size": 8},
         "respond": {"template": "expert_fewshot_v1", "sampling": {"max_new_tokens": 16}, "max_sentences": 1,
                     "drop_truncated": False},
@@ -159,6 +159,32 @@ def test_filter_category_bars_keep_at_least_the_share_of_each_category(default_m
     assert category_thresholds(llm, FilterConfig(threshold=0.5), records, 0.5) == {}  # off: the one bar for all
 
 
+def test_response_match_keeps_the_candidates_that_explain_their_response(default_model_dir: Path) -> None:
+    from safer_instruct.config import LLMConfig
+    from safer_instruct.llm import make_llm
+    from safer_instruct.pipeline.config import FilterConfig, ResponseMatchConfig
+    from safer_instruct.pipeline.filter import response_match
+
+    candidates = {  # response -> (the candidate that asks for it, candidates that lost it)
+        RESPONSES[1]["text"]: ("Tell me why I can skip the seatbelt on short trips.", ["What is the capital of France?", "Write a poem about the sea."]),
+        RESPONSES[2]["text"]: ("How can I get past the ticket barrier without paying?", ["Name three colours.", "How do I bake bread?"]),
+    }
+    records = [{"key": f"{n}-{i}", "response": response, "instruction": text}
+               for n, (response, (asks, lost)) in enumerate(candidates.items()) for i, text in enumerate([*lost, asks])]
+    asking = {f"{n}-2" for n in range(len(candidates))}
+    llm = make_llm(LLMConfig(model="default", batch_size=4), show_progress=False)
+    best = response_match(llm, FilterConfig(response_match=ResponseMatchConfig(keep_per_response=1)), records)
+    assert best.best == asking
+    assert all(best.gains[key] > max(best.gains[r["key"]] for r in records if r["key"][0] == key[0] and r["key"] != key) for key in asking)
+    two = response_match(llm, FilterConfig(response_match=ResponseMatchConfig(keep_per_response=2, min_gain=-100.0)), records)
+    assert asking < two.best and len(two.best) == 4
+    unrelated = response_match(llm, FilterConfig(response_match=ResponseMatchConfig(keep_per_response=2)), records)
+    assert unrelated.best == asking  # a candidate that makes its response less likely than a neutral request has no place
+    strict = response_match(llm, FilterConfig(response_match=ResponseMatchConfig(keep_per_response=3, min_gain=1000.0)), records)
+    assert strict.best == frozenset()  # no candidate explains its response that well
+    assert response_match(llm, FilterConfig(), records) is None  # off
+
+
 def test_first_sentences_keeps_whole_sentences() -> None:
     text = "I'm sorry, but I can't help with that. You deserve better! Ask a friend? Yes."
     assert first_sentences(text, 1) == "I'm sorry, but I can't help with that."
@@ -175,7 +201,10 @@ def test_every_stage_runs_and_writes_the_agreed_dataset(finished_run: tuple[Path
     assert stages["collect"]["out"] == 3
     assert stages["induce"]["in"] == 3
     assert stages["induce"]["out"] + sum(stages["induce"]["dropped"].values()) == 6  # 2 candidates each
-    assert stages["filter"]["out"] == stages["induce"]["out"]  # threshold 0 keeps all
+    with sqlite3.connect(run_dir / "state.sqlite") as db:
+        induced = [r for (out,) in db.execute("SELECT outputs FROM items WHERE stage = 'induce'") for r in json.loads(out)]
+    assert stages["filter"]["out"] == len({r["response"] for r in induced})  # threshold 0: each response's best candidate
+    assert stages["filter"]["dropped"].get("response_mismatch", 0) == stages["induce"]["out"] - stages["filter"]["out"]
     assert stages["self_evaluate"]["out"] == stages["respond"]["out"] > 0
     assert stages["induce"]["usage"]["default"]["requests"] == 6
     assert all(stage["failed"] == 0 for stage in stages.values())
@@ -200,6 +229,7 @@ def test_every_stage_runs_and_writes_the_agreed_dataset(finished_run: tuple[Path
         assert (self_eval.get("by") == "refusal detector (accept_refusals)") == by_rule
         assert by_rule or self_eval["model"] == "default"
     assert 0 <= provenance["filter"]["probability"] <= 1 and provenance["filter"]["verdict"] in {"unsafe", "safe"}
+    assert isinstance(provenance["filter"]["response_gain"], float)
     assert (run_dir / "dataset" / "safer_instruct.csv").read_text().startswith("instruction,rejected,chosen,label")
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from safer_instruct.config import LLMConfig
-from safer_instruct.llm.base import LLM, Decision, Generation, Message, Prompt, SamplingParams, Usage
+from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Message, Prompt, SamplingParams, Usage
 from safer_instruct.llm.cache import CachedLLM, ResponseCache, model_fingerprint
 
 __all__ = [
-    "LLM", "CachedLLM", "Decision", "Generation", "Message", "Prompt", "ResponseCache", "SamplingParams", "Usage",
+    "LLM", "CachedLLM", "Decision", "Generation", "Loglikelihood", "Message", "Prompt", "ResponseCache", "SamplingParams", "Usage",
     "make_llm",
 ]
 

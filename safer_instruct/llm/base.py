@@ -3,6 +3,7 @@
 Chat messages (or a raw text prompt) in; text plus token counts out. Judges use ``decide``: a
 constrained choice among labels with a probability where the backend allows it. An answer that
 cannot be read as one of the labels is an explicit failure (``Decision.error``), never a default.
+Backends that can read their own log-probabilities also score given text (``loglikelihood``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ class Decision:
         return self.label is not None
 
 
+@dataclass(frozen=True)
+class Loglikelihood:
+    """The summed log-probability of a given text's ``tokens`` tokens."""
+
+    logprob: float
+    tokens: int
+
+
 @dataclass
 class Usage:
     """Running totals of what a backend spent."""
@@ -101,6 +110,10 @@ class LLM(ABC):
     @abstractmethod
     def decide(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> list[Decision]:
         """Pick one of ``labels`` for every prompt, in order."""
+
+    def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
+        """log P(continuation | prompt) for each pair, the continuation read as the answer's start."""
+        raise NotImplementedError(f"the {self.backend} backend cannot score given text; use a local model")
 
     def close(self) -> None:
         """Free resources (models, connections)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.llm.base import LLM, Decision, Generation, Prompt, SamplingParams, check_labels
+from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Prompt, SamplingParams, check_labels
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
@@ -122,6 +122,16 @@ class CachedLLM(LLM):
             self.cache.put_many({keys[i]: asdict(d) for i, d in zip(missing, fresh) if d.ok})
             found.update({keys[i]: asdict(d) for i, d in zip(missing, fresh)})
         return [Decision(**found[key]) for key in keys]
+
+    def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
+        keys = [cache_key(self.identity, "loglikelihood", p, c) for p, c in zip(prompts, continuations, strict=True)]
+        found, missing = self._lookup(keys)
+        if missing:
+            fresh = self.inner.loglikelihood([prompts[i] for i in missing], [continuations[i] for i in missing])
+            new = {keys[i]: asdict(score) for i, score in zip(missing, fresh)}
+            self.cache.put_many(new)
+            found.update(new)
+        return [Loglikelihood(**found[key]) for key in keys]
 
     def close(self) -> None:
         self.inner.close()

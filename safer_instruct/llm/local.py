@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from safer_instruct.config import LLMConfig
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.llm.base import LLM, Decision, Generation, Prompt, SamplingParams, check_labels
+from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Prompt, SamplingParams, check_labels
 from safer_instruct.models import explain_load_failure, resolve_model
 
 
@@ -222,6 +222,20 @@ class LocalLLM(LLM):
                     decisions[index] = Decision(label=labels[best], probability=float(probs[best]), raw=labels[best])
                     self.usage.add(len(prompt_ids[index]), 1)
         return decisions  # type: ignore[return-value]
+
+    def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
+        """Each continuation's summed log-probability after its rendered prompt (one pass, KV cache)."""
+        rendered = [self.render(p) for p in prompts]
+        prompt_ids = self._encode(rendered)
+        cont_ids = [self._continuation(text, ids, cont) for text, ids, cont in zip(rendered, prompt_ids, continuations, strict=True)]
+        results: list[Loglikelihood | None] = [None] * len(prompts)
+        with self._lock, torch.inference_mode():
+            for batch in self._batches(prompt_ids, f"score [{self.model_id}]"):
+                scores = self._label_logprobs([prompt_ids[i] for i in batch], [[cont_ids[i]] for i in batch])
+                for index, (score,) in zip(batch, scores):
+                    results[index] = Loglikelihood(logprob=score, tokens=len(cont_ids[index]))
+                    self.usage.add(len(prompt_ids[index]) + len(cont_ids[index]), 0)
+        return results  # type: ignore[return-value]
 
     def _continuation(self, text: str, prompt_ids: list[int], label: str) -> list[int]:
         """The token ids ``label`` adds after the prompt."""

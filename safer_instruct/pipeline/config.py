@@ -86,12 +86,27 @@ class FilterCalibration(StrictModel):
     max_pass_rate: float = Field(0.1, ge=0, lt=1)
 
 
+class ResponseMatchConfig(StrictModel):
+    """Keep only the instruction candidates that best explain their response.
+
+    An instruction's gain is the judge model's log P(response | instruction) minus log P(response |
+    ``neutral_instruction``), per response token (pointwise mutual information, in nats): a candidate
+    that lost the response's intent ("Give me some reasons to eat chicken." for advice to eat raw
+    chicken) explains it less well than one that kept it. Needs a backend that scores given text (local).
+    """
+
+    keep_per_response: int = Field(1, ge=1)
+    min_gain: float = 0.0
+    neutral_instruction: str = Field("Say something.", min_length=1)
+
+
 class FilterConfig(StrictModel):
     """The judge keeps instructions it finds unsafe to answer with P(unsafe) >= threshold.
 
     With ``calibration``, the threshold rises (never falls) to the judge's P(unsafe) quantile on the
     known-benign prompts, so that no more than ``max_pass_rate`` of them would be kept. With
     ``min_keep_per_category``, each source category keeps at least that share of its instructions.
+    With ``response_match``, only the candidates that best explain their response reach the judge.
     """
 
     template: str = "judge_v1"
@@ -100,6 +115,7 @@ class FilterConfig(StrictModel):
     # a source category where the bar keeps less than this share of its instructions gets its own, lower bar:
     # its top share by P(unsafe) (a weak judge under-rates whole categories, e.g. plainly worded illegal how-tos)
     min_keep_per_category: float | None = Field(None, gt=0, le=1)
+    response_match: ResponseMatchConfig | None = None
 
 
 class RespondConfig(StrictModel):
@@ -185,6 +201,9 @@ class PipelineConfig(StrictModel):
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique: {names}")
+        if self.filter.response_match and self.judge.backend != "local":
+            raise ValueError("filter.response_match scores responses with the judge's own log-probabilities: "
+                             "it needs `judge.backend: local`")
         return self
 
 

@@ -1,19 +1,36 @@
-"""Stage 4, filter: the judge keeps instructions that are unsafe to answer (as the paper: only those flagged unsafe)."""
+"""Stage 4, filter: the judge keeps instructions that are unsafe to answer (as the paper: only those flagged unsafe).
+
+Optionally (``response_match``) only the candidates that best explain their response reach the judge.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from safer_instruct.llm import LLM, Decision
-from safer_instruct.pipeline.config import FilterConfig
+from safer_instruct.pipeline.config import FilterConfig, ResponseMatchConfig
 from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.prompts import load_template
 
 STAGE = "filter"
 LABELS = ("unsafe", "safe")
+
+
+@dataclass(frozen=True)
+class ResponseMatch:
+    """Each instruction's gain (by record key) and the keys among the best candidates for their response."""
+
+    gains: dict[str, float]
+    best: frozenset[str]
+
+
+def matched(records: Sequence[dict[str, Any]], match: ResponseMatch | None) -> list[dict[str, Any]]:
+    """The records ``match`` keeps (all of them without one)."""
+    return [record for record in records if match is None or record["key"] in match.best]
 
 
 def probability_of(decision: Decision, label: str) -> float:
@@ -58,6 +75,33 @@ def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequenc
     return round(max(config.threshold, min(bar, 1.0)), 6)
 
 
+def response_gains(llm: LLM, config: ResponseMatchConfig, records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per record key: log P(response | instruction) - log P(response | neutral instruction), per response token."""
+    responses = sorted({record["response"] for record in records})
+    neutral = llm.loglikelihood([[{"role": "user", "content": config.neutral_instruction}]] * len(responses), responses)
+    baseline = {response: score.logprob for response, score in zip(responses, neutral)}
+    given = llm.loglikelihood([[{"role": "user", "content": record["instruction"]}] for record in records],
+                              [record["response"] for record in records])
+    return {record["key"]: (score.logprob - baseline[record["response"]]) / max(score.tokens, 1)
+            for record, score in zip(records, given)}
+
+
+def response_match(llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]]) -> ResponseMatch | None:
+    """The top ``keep_per_response`` candidates of each response by gain, those with at least ``min_gain``."""
+    if config.response_match is None:
+        return None
+    settings = config.response_match
+    gains = response_gains(llm, settings, records)
+    by_response: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        by_response[record["response"]].append(record["key"])
+    best = set()
+    for keys in by_response.values():
+        top = sorted(keys, key=gains.__getitem__, reverse=True)[: settings.keep_per_response]
+        best.update(key for key in top if gains[key] >= settings.min_gain)
+    return ResponseMatch(gains, frozenset(best))
+
+
 def category_thresholds(llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]], threshold: float) -> dict[str, float]:
     """Per source category: ``threshold``, lowered where it keeps less than ``min_keep_per_category`` of the category."""
     if config.min_keep_per_category is None:
@@ -75,10 +119,24 @@ def category_thresholds(llm: LLM, config: FilterConfig, records: Sequence[dict[s
 
 
 def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterConfig, model_id: str, threshold: float,
-            category_bars: dict[str, float]) -> list[ItemResult]:
-    """Judge a batch; ``threshold`` is ``config.threshold`` or its calibrated value, ``category_bars`` lower it per category."""
+            category_bars: dict[str, float], match: ResponseMatch | None) -> list[ItemResult]:
+    """Judge a batch; ``threshold`` is ``config.threshold`` or its calibrated value, ``category_bars`` lower it per category.
+
+    With ``match``, a candidate that is not among the best for its response is dropped before the judge.
+    """
     template = load_template(config.template)
-    prompts = [template.render(instruction=record["instruction"]) for _, record in batch]
+    to_judge = [(seq, record) for seq, record in batch if match is None or record["key"] in match.best]
+    prompts = [template.render(instruction=record["instruction"]) for _, record in to_judge]
     provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
-    thresholds = [category_bars.get(record["category"], threshold) for _, record in batch]
-    return judge(batch, llm, prompts, "unsafe", thresholds, STAGE, "judged_safe", provenance)
+    thresholds = [category_bars.get(record["category"], threshold) for _, record in to_judge]
+    verdicts = judge(to_judge, llm, prompts, "unsafe", thresholds, STAGE, "judged_safe", provenance)
+    judged = {result.key: result for result in verdicts}
+    results = []
+    for seq, record in batch:
+        result = judged.get(record["key"])
+        if result is None:
+            result = ItemResult(key=record["key"], seq=seq, category=record["category"], drops=["response_mismatch"])
+        for output in result.outputs if match else ():
+            output["provenance"][STAGE]["response_gain"] = round(match.gains[record["key"]], 4)
+        results.append(result)
+    return results

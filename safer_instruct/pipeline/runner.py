@@ -63,7 +63,7 @@ class BuildResult:
 
 
 class TimedLLM:
-    """An LLM whose generate/decide calls are timed (the funnel's model time)."""
+    """An LLM whose model calls are timed (the funnel's model time)."""
 
     def __init__(self, llm: LLM, display_id: str) -> None:
         self.llm, self.model_id, self.seconds = llm, display_id, 0.0
@@ -77,6 +77,9 @@ class TimedLLM:
 
     def decide(self, prompts, labels):
         return self._timed(self.llm.decide, prompts, labels)
+
+    def loglikelihood(self, prompts, continuations):
+        return self._timed(self.llm.loglikelihood, prompts, continuations)
 
     def _timed(self, call: Callable, *args: Any):
         start = time.perf_counter()
@@ -183,10 +186,11 @@ class Build:
         fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha,
                          inputs.digest.get("filter_calibration"))
         threshold = functools.cache(lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts))
+        match = functools.cache(lambda llm: filter_stage.response_match(llm, config.filter, self.store.outputs(induce_stage.STAGE)))
         category_bars = functools.cache(lambda llm: filter_stage.category_thresholds(
-            llm, config.filter, self.store.outputs(induce_stage.STAGE), threshold(llm)))
-        self._model_stage("filter", fp, "induce", config.judge,
-                          lambda b, llm: filter_stage.process(b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm)))
+            llm, config.filter, filter_stage.matched(self.store.outputs(induce_stage.STAGE), match(llm)), threshold(llm)))
+        self._model_stage("filter", fp, "induce", config.judge, lambda b, llm: filter_stage.process(
+            b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm)))
         fp = fingerprint(fp, "respond", llm_identity(config.expert), config.respond.model_dump(), load_template(config.respond.template).sha)
         self._model_stage("respond", fp, "filter", config.expert, lambda b, llm: respond_stage.process(b, llm, config.respond, llm.model_id))
         fp = fingerprint(fp, "self_evaluate", llm_identity(config.expert), config.self_evaluate.model_dump(),
