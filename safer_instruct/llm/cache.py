@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Prompt, SamplingParams, check_labels
@@ -103,35 +103,33 @@ class CachedLLM(LLM):
         self.misses += len(missing)
         return found, missing
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        keys = [cache_key(self.identity, "generate", p, params.as_dict()) for p in prompts]
+    def _through_cache(self, keys: list[str], compute: Callable[[list[int]], list[Any]],
+                       storable: Callable[[dict[str, Any]], bool] = lambda value: True) -> list[dict[str, Any]]:
+        """Each key's value from the cache; ``compute(indices)`` makes the missing ones, the storable of which are kept."""
         found, missing = self._lookup(keys)
         if missing:
-            fresh = self.inner.generate([prompts[i] for i in missing], params)
-            new = {keys[i]: asdict(g) for i, g in zip(missing, fresh)}
-            self.cache.put_many(new)
-            found.update(new)
-        return [Generation(**found[key]) for key in keys]
+            fresh = {keys[i]: asdict(value) for i, value in zip(missing, compute(missing))}
+            self.cache.put_many({key: value for key, value in fresh.items() if storable(value)})
+            found.update(fresh)
+        return [found[key] for key in keys]
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        keys = [cache_key(self.identity, "generate", p, params.as_dict()) for p in prompts]
+        values = self._through_cache(keys, lambda missing: self.inner.generate([prompts[i] for i in missing], params))
+        return [Generation(**value) for value in values]
 
     def decide(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> list[Decision]:
         labels = check_labels(labels)
         keys = [cache_key(self.identity, "decide", p, list(labels)) for p in prompts]
-        found, missing = self._lookup(keys)
-        if missing:
-            fresh = self.inner.decide([prompts[i] for i in missing], labels)
-            self.cache.put_many({keys[i]: asdict(d) for i, d in zip(missing, fresh) if d.ok})
-            found.update({keys[i]: asdict(d) for i, d in zip(missing, fresh)})
-        return [Decision(**found[key]) for key in keys]
+        values = self._through_cache(keys, lambda missing: self.inner.decide([prompts[i] for i in missing], labels),
+                                     storable=lambda value: value["label"] is not None)  # failed decisions are retried
+        return [Decision(**value) for value in values]
 
     def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
         keys = [cache_key(self.identity, "loglikelihood", p, c) for p, c in zip(prompts, continuations, strict=True)]
-        found, missing = self._lookup(keys)
-        if missing:
-            fresh = self.inner.loglikelihood([prompts[i] for i in missing], [continuations[i] for i in missing])
-            new = {keys[i]: asdict(score) for i, score in zip(missing, fresh)}
-            self.cache.put_many(new)
-            found.update(new)
-        return [Loglikelihood(**found[key]) for key in keys]
+        values = self._through_cache(
+            keys, lambda missing: self.inner.loglikelihood([prompts[i] for i in missing], [continuations[i] for i in missing]))
+        return [Loglikelihood(**value) for value in values]
 
     def close(self) -> None:
         self.inner.close()

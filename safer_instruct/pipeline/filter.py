@@ -28,9 +28,14 @@ class ResponseMatch:
     best: frozenset[str]
 
 
+def kept_by(match: ResponseMatch | None, record: dict[str, Any]) -> bool:
+    """Whether ``match`` lets the record through to the judge (every record, without one)."""
+    return match is None or record["key"] in match.best
+
+
 def matched(records: Sequence[dict[str, Any]], match: ResponseMatch | None) -> list[dict[str, Any]]:
-    """The records ``match`` keeps (all of them without one)."""
-    return [record for record in records if match is None or record["key"] in match.best]
+    """The records ``match`` keeps."""
+    return [record for record in records if kept_by(match, record)]
 
 
 def probability_of(decision: Decision, label: str) -> float:
@@ -125,18 +130,14 @@ def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterCon
     With ``match``, a candidate that is not among the best for its response is dropped before the judge.
     """
     template = load_template(config.template)
-    to_judge = [(seq, record) for seq, record in batch if match is None or record["key"] in match.best]
+    to_judge = [(seq, record) for seq, record in batch if kept_by(match, record)]
     prompts = [template.render(instruction=record["instruction"]) for _, record in to_judge]
     provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
     thresholds = [category_bars.get(record["category"], threshold) for _, record in to_judge]
-    verdicts = judge(to_judge, llm, prompts, "unsafe", thresholds, STAGE, "judged_safe", provenance)
-    judged = {result.key: result for result in verdicts}
-    results = []
-    for seq, record in batch:
-        result = judged.get(record["key"])
-        if result is None:
-            result = ItemResult(key=record["key"], seq=seq, category=record["category"], drops=["response_mismatch"])
-        for output in result.outputs if match else ():
-            output["provenance"][STAGE]["response_gain"] = round(match.gains[record["key"]], 4)
-        results.append(result)
-    return results
+    judged = judge(to_judge, llm, prompts, "unsafe", thresholds, STAGE, "judged_safe", provenance)
+    if match:
+        for output in (output for result in judged for output in result.outputs):
+            output["provenance"][STAGE]["response_gain"] = round(match.gains[output["key"]], 4)
+    mismatched = [ItemResult(key=record["key"], seq=seq, category=record["category"], drops=["response_mismatch"])
+                  for seq, record in batch if not kept_by(match, record)]
+    return sorted(judged + mismatched, key=lambda result: result.seq)

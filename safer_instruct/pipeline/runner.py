@@ -186,9 +186,10 @@ class Build:
         fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha,
                          inputs.digest.get("filter_calibration"))
         threshold = functools.cache(lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts))
-        match = functools.cache(lambda llm: filter_stage.response_match(llm, config.filter, self.store.outputs(induce_stage.STAGE)))
+        induced = functools.cache(lambda: self.store.outputs(induce_stage.STAGE))  # read once, when the filter first runs
+        match = functools.cache(lambda llm: filter_stage.response_match(llm, config.filter, induced()))
         category_bars = functools.cache(lambda llm: filter_stage.category_thresholds(
-            llm, config.filter, filter_stage.matched(self.store.outputs(induce_stage.STAGE), match(llm)), threshold(llm)))
+            llm, config.filter, filter_stage.matched(induced(), match(llm)), threshold(llm)))
         self._model_stage("filter", fp, "induce", config.judge, lambda b, llm: filter_stage.process(
             b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm)))
         fp = fingerprint(fp, "respond", llm_identity(config.expert), config.respond.model_dump(), load_template(config.respond.template).sha)
