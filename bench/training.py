@@ -1,9 +1,12 @@
 """DPO with LoRA: reference by adapter-disable vs a separate reference model copy, in one run.
 
 Each variant runs in its own process (so peak memory is its own): a few DPO steps on the same rows,
-step time (median after a warm-up step) and peak memory while training. On CPU that is the peak resident
-set during the steps (also reported net of what the process held before any model was loaded); on a GPU
-it is ``torch.cuda.max_memory_allocated``.
+step time (median after a warm-up step) and peak memory while training. Peak memory is the peak of live
+tensor bytes: ``torch.cuda.max_memory_allocated`` on a GPU; on CPU the same quantity from the profiler's
+memory events, in a second process (profiling slows the steps), plus the process's peak resident set
+(net of what it held before any model was loaded), which adds what the C allocator keeps for reuse.
+Both variants run with the fused LM-head tile of ``--lm-head-chunk-size`` (training arg ``lm_head_chunk_size``)
+and again with TRL's own (32768 vocabulary columns), to show what the narrower tile saves.
 
     python bench/training.py --json bench/results/training.json
     # CPU, SmolLM2-1.7B's shape with random weights (weights outweigh activations, as on large models):
@@ -17,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import rss_mb, write_report
 
 VARIANTS = ("adapter_disabled", "model_copy")
 PRESETS = {  # public architectures' config values; weights are random
@@ -41,20 +45,40 @@ ROWS = [
 ]
 
 
-def rss_mb(field: str = "VmRSS") -> float:
-    """This process's resident set (``VmRSS``) or its peak since the last reset (``VmHWM``), in MiB."""
-    status = Path("/proc/self/status")
-    if not status.is_file():  # not Linux: the lifetime peak is the best there is
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    line = next(line for line in status.read_text().splitlines() if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
 def reset_peak_rss() -> None:
     """Forget the peak so far (model loading maps the weight files twice over for a moment)."""
     clear_refs = Path("/proc/self/clear_refs")
     if clear_refs.exists():
         clear_refs.write_text("5")
+
+
+def live_storage_bytes(*models) -> int:
+    """Bytes of the distinct storages behind these models' parameters and buffers (tied weights count once)."""
+    storages = {}
+    for model in filter(None, models):
+        for tensor in (*model.parameters(), *model.buffers()):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def train_for_cpu_tensor_peak(trainer) -> float:
+    """Train, and return the peak of live CPU tensor MiB: the CPU counterpart of ``torch.cuda.max_memory_allocated``.
+
+    What lives before training (weights, adapters) is summed by storage; the profiler's memory events give the
+    running total of what training itself allocates and frees (their ``Total Allocated``).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    held = live_storage_bytes(trainer.model, trainer.ref_model)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        trainer.train()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
+    allocated = max((event["args"]["Total Allocated"] for event in events
+                     if event.get("name") == "[memory]" and event["args"].get("Device Type") == 0), default=0)
+    return (held + allocated) / 2**20
 
 
 def build_model_dir(args, workdir: Path) -> str:
@@ -78,7 +102,7 @@ def build_model_dir(args, workdir: Path) -> str:
 
 
 def run_variant(args) -> dict:
-    """One variant's DPO steps; prints a JSON line with its numbers."""
+    """One variant's DPO steps; prints a JSON line with its numbers (``--measure``: what this process measures)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -86,6 +110,7 @@ def run_variant(args) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from safer_instruct.training.data import shape_rows
+    from safer_instruct.training.modeling import lm_head_tile
 
     baseline = rss_mb()
     cuda = torch.cuda.is_available()
@@ -120,7 +145,7 @@ def run_variant(args) -> dict:
         def on_step_end(self, *_, **__):
             times.append(time.perf_counter() - self.start)
 
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, lm_head_tile(args.lm_head_chunk_size or None):
         config = DPOConfig(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                            learning_rate=1e-4, beta=0.1, max_length=256, logging_steps=1, save_strategy="no",
                            report_to="none", bf16=cuda, gradient_checkpointing=True, seed=0,  # TRL default
@@ -129,16 +154,39 @@ def run_variant(args) -> dict:
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data,
                              processing_class=tokenizer, peft_config=peft, callbacks=[StepTimer()])
         assert (trainer.ref_model is None) == (args.child == "adapter_disabled")
+        if args.measure == "tensors":
+            return {"peak_memory_mb": round(train_for_cpu_tensor_peak(trainer), 1),
+                    "memory_kind": "peak live tensor bytes (CPU: profiler memory events)"}
         trainer.train()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_mb("VmHWM")
-    return {
-        "variant": args.child,
-        "step_time_s": statistics.median(times[1:] or times),
-        "steps": len(times),
-        "peak_memory_mb": round(peak, 1),
-        "memory_kind": "cuda max_memory_allocated" if cuda else "process peak RSS",
-        "net_peak_memory_mb": round(peak - (0 if cuda else baseline), 1),
-    }
+    result = {"step_time_s": statistics.median(times[1:] or times), "steps": len(times)}
+    if cuda:
+        return {**result, "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "memory_kind": "peak live tensor bytes (cuda max_memory_allocated)"}
+    peak_rss = rss_mb("VmHWM")
+    return {**result, "peak_rss_mb": round(peak_rss, 1), "net_peak_rss_mb": round(peak_rss - baseline, 1)}
+
+
+def measure(args, model_dir: str, variant: str, lm_head_chunk_size: int | None) -> dict:
+    """One variant in fresh processes: timing with the GPU's peak, or on CPU timing with RSS, then the tensor peak."""
+    command = [sys.executable, __file__, "--child", variant, "--model-dir", model_dir, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--lm-head-chunk-size", str(lm_head_chunk_size or 0)]
+    command += ["--load-in-4bit"] * args.load_in_4bit + (["--preset", args.preset] if args.preset else [])
+    result = {"variant": variant, "lm_head_chunk_size": lm_head_chunk_size or "TRL default"}
+    for kind in ("time", "tensors"):
+        if "peak_memory_mb" not in result:
+            done = subprocess.run([*command, "--measure", kind], check=True, capture_output=True, text=True)
+            result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"{variant}, tile {result['lm_head_chunk_size']}: {result}", file=sys.stderr)
+    return result
+
+
+def ratios(numerator: dict, denominator: dict) -> dict:
+    """Memory and step-time ratios of two measured variants (RSS too where measured)."""
+    out = {"memory_ratio": round(numerator["peak_memory_mb"] / denominator["peak_memory_mb"], 3)}
+    if "net_peak_rss_mb" in numerator:
+        out["rss_memory_ratio"] = round(numerator["net_peak_rss_mb"] / denominator["net_peak_rss_mb"], 3)
+    out["step_time_ratio"] = round(numerator["step_time_s"] / denominator["step_time_s"], 3)
+    return out
 
 
 def main() -> int:
@@ -147,25 +195,19 @@ def main() -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a 7B-class architecture with random weights")
     parser.add_argument("--load-in-4bit", action="store_true", help="QLoRA: 4-bit NF4 base")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workdir", default="bench/.cache")
+    parser.add_argument("--lm-head-chunk-size", type=int, default=4096,
+                        help="vocabulary columns per fused LM-head tile (0: TRL's own only)")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("time", "tensors"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_variant(args)))
         return 0
     model_dir = build_model_dir(args, Path(args.workdir))
-    results = {}
-    for variant in VARIANTS:
-        command = [sys.executable, __file__, "--child", variant, "--model-dir", model_dir,
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
-        command += ["--load-in-4bit"] * args.load_in_4bit + (["--preset", args.preset] if args.preset else [])
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{variant}: {results[variant]}", file=sys.stderr)
-    key = "net_peak_memory_mb"
     report = {
         "bench": "dpo_lora_reference",
         "model": args.preset or args.model,
@@ -173,15 +215,17 @@ def main() -> int:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "machine": platform.machine(),
-        **results,
-        "memory_ratio_adapter_ref_vs_copy": round(results["adapter_disabled"][key] / results["model_copy"][key], 3),
-        "step_time_ratio_adapter_ref_vs_copy": round(
-            results["adapter_disabled"]["step_time_s"] / results["model_copy"]["step_time_s"], 3),
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    tiles = {"": args.lm_head_chunk_size or None} | ({"_trl_tile": None} if args.lm_head_chunk_size else {})
+    for suffix, tile in tiles.items():
+        results = {variant: measure(args, model_dir, variant, tile) for variant in VARIANTS}
+        report |= {variant + suffix: result for variant, result in results.items()}
+        report |= {f"{name}_adapter_ref_vs_copy{suffix}": value
+                   for name, value in ratios(results["adapter_disabled"], results["model_copy"]).items()}
+    if args.lm_head_chunk_size:
+        report |= {f"{name}_tile_{args.lm_head_chunk_size}_vs_trl": value for name, value in
+                   ratios(report["adapter_disabled"], report["adapter_disabled_trl_tile"]).items()}
+    write_report(report, args.json)
     return 0
 
 

@@ -155,6 +155,8 @@ def test_recipe_errors(tmp_path, default_model_dir):
         train("sft", recipe(tmp_path, "out", data, dataset_train_split="validation"))
     with pytest.raises(SaferInstructError, match="no such file"):
         train("sft", recipe(tmp_path, "out", str(tmp_path / "missing.jsonl")))
+    with pytest.raises(SaferInstructError, match="lm_head_chunk_size must be a positive number of columns, not 0"):
+        train("sft", recipe(tmp_path, "out", data, lm_head_chunk_size=0))
 
 
 def test_cli_reports_bad_input_with_exit_2(tmp_path, capsys, default_model_dir):
@@ -224,11 +226,45 @@ def test_sft_then_dpo_lora_reward_accuracy_rises(tmp_path, default_model_dir):
     assert AutoPeftModelForCausalLM.from_pretrained(dpo.output_dir) is not None
 
 
-def test_dpo_fresh_lora_uses_base_with_adapter_disabled(tmp_path, default_model_dir):
+def test_dpo_fresh_lora_uses_base_with_adapter_disabled(tmp_path, default_model_dir, monkeypatch):
+    from trl.trainer import utils as trl_utils
+
+    tiles = []  # the tile width TRL's fused LM head is called with, for the policy and the reference passes
+    fused = trl_utils._ChunkedLogProbFunction
+    spy = type("Spy", (), {"apply": staticmethod(lambda *args: tiles.append(args[5]) or fused.apply(*args))})
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", spy)
+    default_tile = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
     data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
-    dpo = train("dpo", recipe(tmp_path, "dpo", data, learning_rate=2e-3, max_steps=2, loss_type=["ipo"]))
+    dpo = train("dpo", recipe(tmp_path, "dpo", data, learning_rate=2e-3, max_steps=2, loss_type=["ipo"],
+                              lm_head_chunk_size=1000))
     assert dpo.metrics["reference"] == "base model with the adapter disabled"
     assert dpo.metrics["loss_type"] == ["ipo"]
+    assert len(tiles) >= 4 and set(tiles) == {1000}
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == default_tile  # restored after training
+
+
+def test_lm_head_tile_gives_the_same_log_probs(default_model_dir, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from safer_instruct.training.modeling import lm_head_tile
+
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.tensor([[1, 504, 3458, 314, 253, 4376, 30, 2], [1, 1204, 2379, 4493, 28, 2, 2, 2]])
+    labels = ids.masked_fill(torch.tensor([[0] * 8, [0] * 5 + [1] * 3]).bool(), -100)
+    with torch.no_grad():
+        wide = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        with lm_head_tile(3000):  # 49152 columns: 17 tiles, the last one partial
+            narrow = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        full = torch.log_softmax(model(input_ids=ids).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    mask = labels[:, 1:] != -100
+    assert torch.allclose(narrow, wide, atol=1e-4) and torch.allclose(narrow[mask], full[mask], atol=1e-4)
+    monkeypatch.delattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE")
+    with pytest.raises(SaferInstructError, match="no fused LM-head tile to set; remove lm_head_chunk_size"):
+        with lm_head_tile(3000):
+            pass
 
 
 def test_qlora_4bit_on_cpu_each_method(tmp_path, default_model_dir):

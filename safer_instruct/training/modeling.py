@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.llm.local import adapter_base
 from safer_instruct.models import resolve_model
+
+TRL_LM_HEAD_TILE = "_CHUNKED_LOGPROB_CHUNK_SIZE"  # trl.trainer.utils: vocabulary columns per fused LM-head tile
 
 
 @dataclass
@@ -113,3 +116,28 @@ def save_merged(adapter_dir: Path, target: Path, tokenizer, dtype: str | None) -
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+@contextmanager
+def lm_head_tile(columns: int | None) -> Iterator[None]:
+    """Within: TRL's fused LM head scores ``columns`` vocabulary entries per tile (``None``: TRL's own width).
+
+    TRL's trainers compute per-token log-probs tile by tile instead of building the full logits. Without
+    Triton (on CPU) each tile is folded by torch ops that make several float32 temporaries of
+    ``tokens x columns``, so a narrower tile lowers peak memory (``bench/lm_head_tile.py``).
+    """
+    if columns is None:
+        yield
+        return
+    from trl.trainer import utils as trl_utils
+
+    if not hasattr(trl_utils, TRL_LM_HEAD_TILE):
+        raise SaferInstructError(
+            "lm_head_chunk_size: this TRL version has no fused LM-head tile to set; remove lm_head_chunk_size"
+        )
+    previous = getattr(trl_utils, TRL_LM_HEAD_TILE)
+    setattr(trl_utils, TRL_LM_HEAD_TILE, columns)
+    try:
+        yield
+    finally:
+        setattr(trl_utils, TRL_LM_HEAD_TILE, previous)

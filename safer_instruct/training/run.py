@@ -37,11 +37,12 @@ def train(method: str, recipe: str | Path | dict[str, Any] | None, overrides: Se
     if training_args.eval_strategy != "no":
         splits["eval"] = script_args.dataset_test_split
     data = prepare_datasets(method, script_args.dataset_name, script_args.dataset_config, splits, tokenizer)
-    trainer = _make_trainer(method, source, model_args, training_args, tokenizer, data)
-    output_dir = Path(training_args.output_dir)
-    resume = training_args.resume_from_checkpoint or _last_checkpoint(output_dir)
-    reference = _reference_kind(method, trainer, training_args)
-    trainer.train(resume_from_checkpoint=resume)
+    with modeling.lm_head_tile(script_args.lm_head_chunk_size):
+        trainer = _make_trainer(method, source, model_args, training_args, tokenizer, data)
+        output_dir = Path(training_args.output_dir)
+        resume = training_args.resume_from_checkpoint or _last_checkpoint(output_dir)
+        reference = _reference_kind(method, trainer, training_args)
+        trainer.train(resume_from_checkpoint=resume)
     _drop_reference_adapter(trainer.model)
     trainer.save_model(str(output_dir))
     info = {
