@@ -1,10 +1,17 @@
-"""What the bench scripts share: reading this process's memory, and writing a report."""
+"""What the bench scripts share: child processes' results, this process's memory, the report."""
 
 from __future__ import annotations
 
 import json
 import resource
+import subprocess
 from pathlib import Path
+
+
+def child_result(command: list[str]) -> dict:
+    """Run one side of a bench in a fresh process (so its memory is its own); its last stdout line is its JSON result."""
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def rss_mb(field: str = "VmRSS") -> float:

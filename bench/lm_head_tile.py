@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import rss_mb, write_report
+from common import child_result, rss_mb, write_report
 
 RECIPES = Path("training/recipes/smollm2-135m")
 RECIPE_FILES = {"reverse-sft": "reverse_sft.yaml", "sft": "sft.yaml", "dpo": "dpo.yaml"}
@@ -55,8 +54,7 @@ def main() -> int:
     sides = {}
     for name, tile in (("trl_tile", 0), ("narrow_tile", args.lm_head_chunk_size)):
         command = [sys.executable, __file__, "--child", str(tile), "--run-dir", args.run_dir, "--method", args.method]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
-        sides[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        sides[name] = child_result(command)
         print(f"{name}: {sides[name]}", file=sys.stderr)
     narrow, wide = sides["narrow_tile"], sides["trl_tile"]
     report = {

@@ -21,13 +21,12 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import rss_mb, write_report
+from common import child_result, rss_mb, write_report
 
 VARIANTS = ("adapter_disabled", "model_copy")
 PRESETS = {  # public architectures' config values; weights are random
@@ -172,10 +171,9 @@ def measure(args, model_dir: str, variant: str, lm_head_chunk_size: int | None) 
                "--batch-size", str(args.batch_size), "--lm-head-chunk-size", str(lm_head_chunk_size or 0)]
     command += ["--load-in-4bit"] * args.load_in_4bit + (["--preset", args.preset] if args.preset else [])
     result = {"variant": variant, "lm_head_chunk_size": lm_head_chunk_size or "TRL default"}
-    for kind in ("time", "tensors"):
-        if "peak_memory_mb" not in result:
-            done = subprocess.run([*command, "--measure", kind], check=True, capture_output=True, text=True)
-            result.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    result.update(child_result([*command, "--measure", "time"]))
+    if "peak_memory_mb" not in result:  # CPU: the tensor peak needs a profiled run of its own
+        result.update(child_result([*command, "--measure", "tensors"]))
     print(f"{variant}, tile {result['lm_head_chunk_size']}: {result}", file=sys.stderr)
     return result
 
