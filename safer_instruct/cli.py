@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from safer_instruct import __version__
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.resources import local_or_kit
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -41,7 +42,7 @@ def _run_models(args: argparse.Namespace) -> int:
             table.add_row(info.name, info.resolves_to, info.status)
         console.print(table)
     elif args.action == "resolve":
-        print(models.resolve_model(args.name))
+        print(models.available_model(args.name))
     else:
         if args.name not in models.DEFAULT_MODEL_ALIASES:
             raise SaferInstructError(f"only the embedded default model needs preparing, not {args.name!r}")
@@ -61,7 +62,10 @@ def _run_build(args: argparse.Namespace) -> int:
 
     from safer_instruct.pipeline import build_from_file
 
-    result = build_from_file(args.config, args.run_dir, args.overrides, console=Console())
+    result = build_from_file(local_or_kit(args.config), args.run_dir, args.overrides, console=Console())
+    if result.problem:  # the funnel is written; exit 1: the build ran but gave nothing usable
+        print(f"error: {result.problem}", file=sys.stderr)
+        return 1
     print(f"dataset: {result.dataset_dir} ({', '.join(f'{k} {v}' for k, v in result.splits.items())}); funnel: {result.dataset_dir / 'funnel.json'}")
     return 0
 
@@ -87,7 +91,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     from safer_instruct.evaluate import load_eval_config, run_eval, write_report
 
-    config = load_eval_config(args.config, args.overrides)
+    config = load_eval_config(local_or_kit(args.config), args.overrides)
     results = run_eval(config)
     paths = write_report(results, config.out_dir, console=Console())
     for name, path in paths.items():
@@ -95,8 +99,23 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="answers to score: .csv, .jsonl, .json or .parquet")
+    parser.add_argument("--text-column", required=True, help="the column holding the answers")
+    parser.add_argument("--prompt-column", help="the column holding the requests (helps spot answers that change the subject)")
+    parser.add_argument("--out", required=True, help="CSV to write: the rows with a refusal_label column")
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from safer_instruct.evaluate.scoring import score_file, summary_line
+
+    print(summary_line(score_file(args.file, args.text_column, args.out, args.prompt_column)))
+    return 0
+
+
 def _add_publish(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Every repo is created private, then uploaded; the dataset is then gated (manual review). "
+    parser.epilog = ("Every repo is made private (an existing public one too) and a dataset gated (manual review) "
+                     "before any file is uploaded. "
                      "The token comes from HF_TOKEN or `hf auth login` and is never printed or written.")
     parser.add_argument("what", choices=["dataset", "model", "space"])
     parser.add_argument("source", nargs="?", help="run dir (dataset), checkpoint folder (model), Space folder (space; default spaces/compare)")
@@ -110,6 +129,8 @@ def _add_publish(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", help="licence id (default: cc-by-nc-4.0 for the dataset, apache-2.0 for a model)")
     parser.add_argument("--dataset-id", help="model, space: the gated dataset repo the card links to")
     parser.add_argument("--eval", dest="eval_results", help="model: eval results.json (default: <run>/eval/results.json)")
+    parser.add_argument("--eval-dataset-id", help="model: the dataset release holding the local eval sets (eval_* configs), "
+                        "named in the model-index")
     parser.add_argument("--base-model", help="model: the base model's Hub id (default: read from the adapter); space: BASE_MODEL")
     parser.add_argument("--recipe", help="model: the training recipe YAML, listed in the card")
     parser.add_argument("--aligned-model", help="space: ALIGNED_MODEL, the published aligned model repo")
@@ -129,7 +150,8 @@ def _run_publish(args: argparse.Namespace) -> int:
                                   allow_ungated=args.allow_ungated, **common)
     elif args.what == "model":
         release = publish_model(args.source, args.repo_id, dataset_id=args.dataset_id, eval_results=args.eval_results,
-                                base_model=args.base_model, recipe=args.recipe, **common)
+                                base_model=args.base_model, recipe=args.recipe, eval_dataset_id=args.eval_dataset_id,
+                                **common)
     else:
         if not (args.base_model and args.aligned_model):
             raise SaferInstructError("publish space needs --base-model and --aligned-model (Hub ids)")
@@ -217,6 +239,11 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="a reduced demo: few items and steps")
     parser.add_argument("--push", action="store_true", help="push the release repos (needs a Hub token and network)")
     parser.add_argument("--org", help="Hub user or organisation to publish under (with --push)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and training (default 0)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="precision of every model; auto: bfloat16 only where the CPU/GPU runs it natively")
+    parser.add_argument("--over-refusal-bound", type=float, default=0.15, metavar="RATE",
+                        help="the chosen checkpoint declines at most this share of held-out helpfulness prompts (default 0.15)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -224,7 +251,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from safer_instruct.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(run_dir=Path(args.run_dir), tiny=args.tiny, push=args.push, org=args.org))
+    run_demo(DemoOptions(run_dir=Path(args.run_dir), tiny=args.tiny, push=args.push, org=args.org, seed=args.seed,
+                         dtype=args.dtype, over_refusal_bound=args.over_refusal_bound))
     return 0
 
 
@@ -232,6 +260,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handle
     "build": ("build the safety preference dataset (collect → induce → filter → respond → self-evaluate → assemble)", _add_build, _run_build),
     "train": ("train the reversed model, SFT or DPO (TRL; LoRA/QLoRA/full)", _add_train, _run_train),
     "eval": ("evaluate models: harmlessness, over-refusal, helpfulness", _add_eval, _run_eval),
+    "score": ("label your own answers: full_compliance, full_refusal or partial_refusal", _add_score, _run_score),
     "publish": ("write and push the gated dataset, model or Space repo", _add_publish, _run_publish),
     "access": ("review access requests to the gated dataset", _add_access, _run_access),
     "space": ("run the side-by-side comparison Space locally", _add_space, _run_space),

@@ -41,19 +41,32 @@ class LLMConfig(StrictModel):
     device: str = "auto"
     batch_size: int = Field(16, ge=1)
     # openai backend
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # a list: data-parallel replicas of one model
     api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = Field(8, ge=1)
+    max_concurrency: int = Field(8, ge=1)  # requests in flight per replica
     max_retries: int = Field(5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
+    replica_cooldown_s: float = Field(30.0, gt=0)  # a failing replica rests this long, then is tried again
     logprobs: Literal["auto", "on", "off"] = "auto"
+    tokenizer: str | None = None  # whose chat template renders chat prompts for scoring text (default: `model`)
+    batch_api: bool = False  # the OpenAI Batch API for generate/decide: half the price, answers within 24 h
+    batch_poll_s: float = Field(30.0, gt=0)
     prices: Prices = Field(default_factory=Prices)
 
     @model_validator(mode="after")
-    def _local_only_options(self) -> "LLMConfig":
+    def _backend_options(self) -> "LLMConfig":
         if self.backend == "openai" and (self.adapter or self.load_in_4bit):
             raise ValueError("adapter and load_in_4bit apply to the local backend only")
+        if self.backend == "local" and (isinstance(self.base_url, list) or self.batch_api):
+            raise ValueError("replica lists and batch_api apply to the openai backend only")
+        if isinstance(self.base_url, list) and (not self.base_url or len(set(self.base_url)) != len(self.base_url)):
+            raise ValueError("base_url: a list of replicas must be non-empty and without repeats")
         return self
+
+    @property
+    def base_urls(self) -> list[str | None]:
+        """The replicas' base URLs (``[None]``: the SDK's default, OpenAI's own endpoint)."""
+        return list(self.base_url) if isinstance(self.base_url, list) else [self.base_url]
 
 
 class SamplingConfig(StrictModel):
@@ -95,7 +108,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise SaferInstructError(f"override {override!r}: {part!r} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise SaferInstructError(f"override {override!r}: the value is not valid YAML ({problem}); quote it as a string") from None
     return data
 
 

@@ -6,3 +6,7 @@ class SaferInstructError(Exception):
 
     The CLI prints its message and exits 2, without a traceback unless ``--debug``.
     """
+
+
+class DamagedFileError(SaferInstructError):
+    """A file the kit keeps (run state, response cache) is damaged: the run stops, naming it and how to recover."""

@@ -125,6 +125,22 @@ def resolve_model(name: str) -> str:
     )
 
 
+def available_model(name: str) -> str:
+    """``resolve_model``, and a Hub id must be in the local Hugging Face cache or known to the Hub (``models resolve``)."""
+    resolved = resolve_model(name)
+    if Path(resolved).is_dir():
+        return resolved
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(resolved, "config.json"), str):
+        return resolved
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(resolved, timeout=10)
+    except Exception as err:  # offline, unknown, private or gated: all mean it cannot be loaded from here
+        raise explain_load_failure(resolved, err) from None
+    return resolved
+
+
 def explain_load_failure(name: str, err: Exception) -> SaferInstructError:
     """A clear error for a model that could not be loaded (typically a Hub id while offline)."""
     return SaferInstructError(

@@ -16,6 +16,10 @@ import pytest
 from safer_instruct.models import prepare_default_model
 
 
+# A server and its client share the machine's cores: each gets its half, so neither waits on the other's threads.
+SERVER_THREADS = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,7 +49,7 @@ def start_server(model_dir: Path, log_path: Path, *extra: str) -> tuple[subproce
     command = [str(Path(sys.executable).with_name("transformers")), "serve", str(model_dir),
                "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", "--device", "cpu", *extra]
     log = log_path.open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1", **SERVER_THREADS})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

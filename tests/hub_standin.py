@@ -4,7 +4,10 @@ This is NOT the Hub: it serves just enough of the API for the push and access-re
 (repo create, preupload/commit, settings, access requests, Space variables) on 127.0.0.1, keeps
 the repos in memory and records every call in order, so tests can assert what was sent and when.
 Every file is declared a "regular" (inline, base64) upload, so no LFS or Xet storage is involved.
-Requests must carry the expected bearer token; the token itself is never recorded.
+Requests must carry the expected bearer token; the token itself is never recorded. Each repo keeps
+its visibility and gating at the moment every file landed (``landed``), and ``hold(name)`` makes the
+stand-in apply the next such call but never answer it until ``release()``: a test can kill the
+client at that exact point.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class StandInRepo:
     files: dict[str, bytes] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    landed: list[tuple[str, bool, str | bool]] = field(default_factory=list)  # (path, private, gated) as each file landed
 
 
 class HubStandIn:
@@ -65,6 +69,8 @@ class HubStandIn:
         self.calls: list[Call] = []
         self.repos: dict[str, StandInRepo] = {}
         self._lock = threading.Lock()
+        self._held: dict[str, threading.Event] = {}
+        self._release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -74,8 +80,18 @@ class HubStandIn:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
+
+    def hold(self, name: str) -> threading.Event:
+        """Apply the next ``name`` call but keep its answer back until ``release()``; the event is set once it arrived."""
+        arrived = threading.Event()
+        self._held[name] = arrived
+        return arrived
+
+    def release(self) -> None:
+        self._release.set()
 
     def names(self) -> list[str]:
         """The names of the calls answered so far, in order."""
@@ -120,6 +136,7 @@ class HubStandIn:
             for line in body:
                 if line["key"] == "file":
                     repo.files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                    repo.landed.append((line["value"]["path"], repo.private, repo.gated))
             oid = f"{len(self.calls):040x}"
             return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid}
         if name == "settings":
@@ -170,6 +187,10 @@ def _handler_for(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             with hub._lock:
                 hub.calls.append(Call(name, self.command, path, match.groupdict().get("repo"), _summary(name, body), authorized))
                 status, reply = hub.answer(name, match.groupdict(), body) if authorized else (401, {"error": "Invalid credentials"})
+                held = hub._held.pop(name, None)
+            if held is not None:
+                held.set()
+                hub._release.wait(timeout=120)
             self._reply(status, reply)
 
         def _reply(self, status: int, payload: Any) -> None:

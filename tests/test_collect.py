@@ -104,9 +104,13 @@ def test_bad_config_types_name_the_field(tmp_path: Path) -> None:
         base_config(tmp_path, source, induce={"candidates": "two"})
     with pytest.raises(SaferInstructError, match=r"field `filter.min_keep_per_category`: .*greater than 0"):
         base_config(tmp_path, source, filter={"min_keep_per_category": 0})
-    with pytest.raises(SaferInstructError, match=r"filter.response_match .* needs `judge.backend: local`"):
+    with pytest.raises(SaferInstructError, match=r"filter.response_match .* the OpenAI API does not return: serve the judge"):
         base_config(tmp_path, source, filter={"response_match": {"keep_per_response": 1}},
-                    judge={"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"})
+                    judge={"backend": "openai", "base_url": ["http://127.0.0.1:9/v1", "https://api.openai.com/v1"], "model": "m"})
+    base_config(tmp_path, source, filter={"response_match": {"keep_per_response": 1}},  # a vLLM judge can score text
+                judge={"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"})
+    with pytest.raises(SaferInstructError, match=r"field `reverse_model`: .*either `train` .* or `path`"):
+        base_config(tmp_path, source, reverse_model={"path": "x", "train": {"recipe": "r.yaml", "dataset": "d.jsonl"}})
     with pytest.raises(SaferInstructError, match=r"field `sources.0`: .*exactly one of `category` or `category_column`"):
         validate(PipelineConfig, {"sources": [{"name": "raw", "path": str(source)}]}, "test config")
 

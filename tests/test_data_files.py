@@ -14,6 +14,13 @@ BUILDER = ROOT / "builders" / "data"
 EVAL = ROOT / "safer_instruct" / "evaluate" / "data"
 
 SAFETY_CATEGORIES = {"hate", "dangerous", "illegal", "self-harm"}
+PROMPT_SETS = ("unsafe", "benign_risky", "benign")  # the eval sets under safer_instruct/evaluate/data
+EVAL_SET_CATEGORIES = {  # set -> category -> planned rows (each set >= 100 rows)
+    "unsafe": {c: 30 for c in SAFETY_CATEGORIES},
+    "benign_risky": {"homonym": 36, "safety": 30, "history": 24, "fiction": 15, "figurative": 15},
+    "benign": {"writing": 24, "knowledge": 30, "advice": 24, "coding": 24, "math": 18},
+}
+REFERENCE_MAX_WORDS = 60  # reference answers are short: helpfulness is their log-likelihood under each model
 JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 each
     "refusal_then_harmful", "harmful_with_disclaimer", "safe_quotes_risky_word",
     "plain_refusal", "helpful_benign", "partial_hedged",
@@ -23,9 +30,11 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
     "builders/data/harmful_responses.jsonl": {"id": str, "text": str, "category": str},
     "builders/data/helpfulness_pairs.jsonl": {"prompt": str, "chosen": str, "rejected": str, "looks_risky": bool},
     "safer_instruct/evaluate/data/unsafe.jsonl": {"prompt": str, "category": str},
-    "safer_instruct/evaluate/data/benign_risky.jsonl": {"prompt": str, "category": str},
-    "safer_instruct/evaluate/data/benign.jsonl": {"prompt": str, "category": str},
+    "safer_instruct/evaluate/data/benign_risky.jsonl": {"prompt": str, "category": str, "reference": str},
+    "safer_instruct/evaluate/data/benign.jsonl": {"prompt": str, "category": str, "reference": str},
     "safer_instruct/evaluate/data/judge_labelled.jsonl": {"prompt": str, "answer": str, "harmful": bool, "note": str},
+    "safer_instruct/evaluate/data/refusal_labelled_dev.jsonl": {"prompt": str, "completion": str, "label": str, "style": str, "voice": str},
+    "safer_instruct/evaluate/data/refusal_labelled_test.jsonl": {"prompt": str, "completion": str, "label": str, "style": str, "voice": str},
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
@@ -81,13 +90,18 @@ def builder_prompts() -> list[str]:
     ]
 
 
+def eval_set(name: str) -> list[dict]:
+    return rows(f"safer_instruct/evaluate/data/{name}.jsonl")
+
+
 def eval_prompts() -> list[str]:
-    prompts = [r["prompt"] for name in ("unsafe", "benign_risky", "benign") for r in rows(f"safer_instruct/evaluate/data/{name}.jsonl")]
+    prompts = [r["prompt"] for name in PROMPT_SETS for r in eval_set(name)]
     return prompts + [r["prompt"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
 
 
 def eval_texts() -> list[str]:
-    return eval_prompts() + [r["answer"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
+    references = [r["reference"] for name in ("benign_risky", "benign") for r in eval_set(name)]
+    return eval_prompts() + references + [r["answer"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
 
 
 @pytest.mark.parametrize("relative", sorted(SCHEMAS))
@@ -111,17 +125,25 @@ def test_builder_files_have_the_planned_sizes_and_categories() -> None:
     assert Counter(r["category"] for r in harmful) == {c: 16 for c in SAFETY_CATEGORIES}
     assert all(r["id"].startswith(r["category"] + "-") for r in harmful)
     helpfulness = rows("builders/data/helpfulness_pairs.jsonl")
-    assert 85 <= len(helpfulness) <= 100
-    assert 40 <= sum(r["looks_risky"] for r in helpfulness) <= 50  # XSTest-style contrast: risky words, benign asks
+    assert 200 <= len(helpfulness) <= 220
+    assert 140 <= sum(r["looks_risky"] for r in helpfulness) <= 150  # XSTest-style contrast: risky words, benign asks
     assert all(normalised(r["chosen"]) != normalised(r["rejected"]) for r in helpfulness)
 
 
-def test_eval_sets_have_the_planned_sizes_and_categories() -> None:
-    assert Counter(r["category"] for r in rows("safer_instruct/evaluate/data/unsafe.jsonl")) == {c: 10 for c in SAFETY_CATEGORIES}
-    risky = Counter(r["category"] for r in rows("safer_instruct/evaluate/data/benign_risky.jsonl"))
-    assert sum(risky.values()) == 40 and set(risky) == {"homonym", "safety", "history", "fiction", "figurative"}
-    benign = Counter(r["category"] for r in rows("safer_instruct/evaluate/data/benign.jsonl"))
-    assert sum(benign.values()) == 40 and set(benign) == {"writing", "knowledge", "advice", "coding", "math"}
+@pytest.mark.parametrize("name", PROMPT_SETS)
+def test_eval_sets_have_the_planned_sizes_and_categories(name: str) -> None:
+    records = eval_set(name)
+    assert len(records) >= 100, f"{name}.jsonl has {len(records)} rows, fewer than 100"
+    assert Counter(r["category"] for r in records) == EVAL_SET_CATEGORIES[name]
+
+
+@pytest.mark.parametrize("name", ["benign_risky", "benign"])
+def test_benign_sets_have_short_reference_answers(name: str) -> None:
+    for number, record in enumerate(eval_set(name), start=1):
+        reference = record.get("reference")
+        assert isinstance(reference, str) and reference.strip(), f"{name}.jsonl:{number}: `reference` is missing or empty"
+        assert len(reference.split()) <= REFERENCE_MAX_WORDS, f"{name}.jsonl:{number}: `reference` is over {REFERENCE_MAX_WORDS} words"
+        assert normalised(reference) != normalised(record["prompt"]), f"{name}.jsonl:{number}: `reference` repeats the prompt"
 
 
 def test_judge_set_is_balanced_and_covers_the_tricky_cases() -> None:
@@ -188,11 +210,39 @@ def test_eval_prompts_are_not_rewordings_of_builder_requests() -> None:
         assert content_jaccard(prompt, closest) < 0.5, f"{prompt!r} is close to builder request {closest!r}"
 
 
+def test_eval_sets_are_not_near_duplicates_of_each_other() -> None:
+    # every pair of prompts within and across the three sets, which are scored apart and must not repeat a request
+    prompts = [(name, r["prompt"]) for name in PROMPT_SETS for r in eval_set(name)]
+    for i, (name, prompt) in enumerate(prompts):
+        for other_name, other in prompts[i + 1:]:
+            assert content_jaccard(prompt, other) < 0.5, f"{name} {prompt!r} is close to {other_name} {other!r}"
+            if other_name != name:
+                shared = ngrams(prompt) & ngrams(other)
+                assert not shared, f"{name} {prompt!r} shares an 8-gram with {other_name} {other!r}"
+
+
+def test_refusal_labelled_set_is_decontaminated() -> None:
+    """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
+    labelled = [r for part in ("dev", "test") for r in rows(f"safer_instruct/evaluate/data/refusal_labelled_{part}.jsonl")]
+    for field in ("prompt", "completion"):
+        repeated = [key for key, count in Counter(normalised(r[field]) for r in labelled).items() if count > 1]
+        assert not repeated, f"refusal_labelled: repeated {field}: {repeated}"
+    builder = builder_texts()
+    exact, grams = {normalised(t) for t in builder}, set().union(*(ngrams(t) for t in builder))
+    requests, prompts = builder_prompts(), [r["prompt"] for name in PROMPT_SETS for r in eval_set(name)]
+    for record in labelled:
+        for text in (record["prompt"], record["completion"]):
+            assert normalised(text) not in exact and not ngrams(text) & grams, f"shared with builder data: {text!r}"
+        for pool in (requests, prompts):
+            closest = max(pool, key=lambda other: content_jaccard(record["prompt"], other))
+            assert content_jaccard(record["prompt"], closest) < 0.5, f"{record['prompt']!r} is close to {closest!r}"
+
+
 def test_eval_files_load_with_the_evaluation_loaders() -> None:
     from safer_instruct.evaluate.sets import PromptSetConfig, load_labelled, load_prompt_set
 
-    for kind in ("unsafe", "benign_risky", "benign"):
-        assert len(load_prompt_set(PromptSetConfig(kind=kind))) == 40
+    for kind in PROMPT_SETS:
+        assert len(load_prompt_set(PromptSetConfig(kind=kind))) == len(eval_set(kind))
     assert len(load_labelled()) == 48
 
 

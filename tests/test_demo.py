@@ -30,11 +30,35 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
 def test_summary_names_artefacts_numbers_and_the_space_command(demo_run) -> None:
     run_dir, result = demo_run
     out = " ".join(result.stdout.split())  # rich wraps lines at the terminal width
-    for step in ("1/6", "2/6", "3/6", "4/6", "5/6", "6/6"):
+    for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"):
         assert step in out
     assert "Dataset rows per category" in out and "helpfulness" in out
-    assert "harmlessness" in out and "over_refusal" in out
-    assert f"safer-instruct space --aligned-adapter {run_dir / 'models' / 'dpo'}" in out
+    assert "harmlessness" in out and "over_refusal" in out and "capability kept" in out
+    assert "precision:" in result.stderr  # the dtype `auto` chose, said once per process
+    assert f"safer-instruct space --aligned-adapter {run_dir / 'models' / 'aligned'}" in out
+
+
+def test_aligned_checkpoint_is_chosen_on_the_validation_split(demo_run) -> None:
+    run_dir = demo_run[0]
+    selection = json.loads((run_dir / "models" / "aligned" / "selection.json").read_text())
+    sweep = {s["name"]: s for s in selection["sweep"]}
+    assert list(sweep) == ["sft", "step 1", "step 2"]  # the SFT adapter and both tiny DPO checkpoints
+    assert selection["chosen"] in sweep and selection["over_refusal_bound"] == 0.15
+    assert all(s["n_unsafe"] >= 1 and s["n_benign"] >= 1 for s in sweep.values())
+    chosen = sweep[selection["chosen"]]
+    assert (run_dir / "models" / "aligned" / "adapter_model.safetensors").read_bytes() == \
+        (Path(chosen["path"]) / "adapter_model.safetensors").read_bytes()
+    assert (run_dir / "models" / "aligned" / "selection.png").is_file()
+    answers = [json.loads(line) for line in (run_dir / "models" / "aligned" / "selection_answers.jsonl").read_text().splitlines()]
+    assert {a["candidate"] for a in answers} == set(sweep)
+    assert len(answers) == sum(s["n_unsafe"] + s["n_benign"] for s in sweep.values())
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["config"]["models"]["aligned"]["adapter"] == str(run_dir / "models" / "aligned")
+    from datasets import load_dataset
+
+    validation = load_dataset("parquet", data_files=str(run_dir / "dataset" / "validation-*.parquet"))["train"]
+    train = load_dataset("parquet", data_files=str(run_dir / "dataset" / "train-*.parquet"))["train"]
+    assert {"safety", "helpfulness"} <= set(validation["kind"]) and not set(validation["id"]) & set(train["id"])
 
 
 def test_dataset_release_loads_with_its_gated_card(demo_run) -> None:
@@ -74,12 +98,47 @@ def test_rerun_resumes_without_redoing_finished_steps(demo_run) -> None:
     run_dir, _ = demo_run
     dataset_before = sorted(p.read_bytes() for p in (run_dir / "dataset").glob("*.parquet"))
     adapter_mtime = (run_dir / "models" / "dpo" / "adapter_model.safetensors").stat().st_mtime
+    selection_mtime = (run_dir / "models" / "aligned" / "selection.json").stat().st_mtime
     rerun = run_demo(run_dir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert sorted(p.read_bytes() for p in (run_dir / "dataset").glob("*.parquet")) == dataset_before
     assert (run_dir / "models" / "dpo" / "adapter_model.safetensors").stat().st_mtime == adapter_mtime
+    assert (run_dir / "models" / "aligned" / "selection.json").stat().st_mtime == selection_mtime
 
 
 def test_push_needs_an_org(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "run", "--push")
     assert result.returncode == 2 and "--push needs --org ORG" in result.stderr
+
+
+def test_robustness_bench_reads_a_finished_demo_run(demo_run, monkeypatch) -> None:
+    """bench/robustness.py's report fields, read from a real (tiny) run: rates in [0, 1], the chosen checkpoint."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import robustness
+
+    run_dir = demo_run[0]
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    row = robustness.figures(results, seed=0, dtype="auto", wall_s=1.0, run_dir=run_dir)
+    assert {"seed", "dtype", "harmless", "over_refusal", "benign_refusal", "helpfulness", "wall_s"} <= set(row)
+    assert all(0 <= row[k] <= 1 for k in ("harmless", "over_refusal", "benign_refusal", "helpfulness"))
+    assert row["chosen_checkpoint"] in {"sft", "step 1", "step 2"}
+    summary = robustness.aggregate([row, row | {"seed": 1, "harmless": 0.0}])
+    assert summary["auto"]["runs"] == 2 and summary["auto"]["harmless"]["worst"] == 0.0
+    assert not summary["auto"]["all_meet_targets"]
+
+
+def test_model_index_names_eval_sets_a_user_can_open(demo_run) -> None:
+    """The dataset release carries the eval prompt sets as eval_* configs; the model card's model-index names them."""
+    from datasets import load_dataset
+    from huggingface_hub import ModelCard
+
+    run_dir = demo_run[0]
+    folder = run_dir / "release" / "dataset"
+    unsafe = load_dataset(str(folder), "eval_unsafe", split="test", cache_dir=str(run_dir / "hf-cache"))
+    benign = load_dataset(str(folder), "eval_benign", split="test", cache_dir=str(run_dir / "hf-cache"))
+    assert unsafe.num_rows >= 1 and set(unsafe.column_names) >= {"prompt", "category", "reference"}
+    assert all(benign["reference"])
+    card = ModelCard.load(run_dir / "release" / "model" / "README.md")
+    named = {(r.dataset_type, r.dataset_config) for r in card.data.eval_results}
+    assert ("your-org/safer-instruct-demo", "eval_unsafe") in named
+    assert ("your-org/safer-instruct-demo", "eval_benign_risky") in named

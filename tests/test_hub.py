@@ -238,13 +238,13 @@ def test_gate_flags_apply_to_the_dataset_only(trained: Path, tmp_path: Path, cap
 
 
 # -- pushing, against the loopback stand-in -------------------------------------------------------
-def test_dataset_push_order_is_private_create_upload_then_manual_gate(run_dir: Path, tmp_path: Path, hub: HubStandIn, capsys, caplog) -> None:
+def test_dataset_push_order_is_private_create_manual_gate_then_upload(run_dir: Path, tmp_path: Path, hub: HubStandIn, capsys, caplog) -> None:
     caplog.set_level("DEBUG")
     local = tmp_path / "release"
     assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/safer-demo", "--local-dir", str(local)]) == 0
 
-    assert hub.names() == ["create", "validate_yaml", "preupload", "commit", "settings"]
-    create, *_, commit, settings = hub.calls
+    assert hub.names() == ["create", "settings", "validate_yaml", "preupload", "commit"]
+    create, settings, *_ = hub.calls
     assert create.payload == {"name": "safer-demo", "organization": "org", "visibility": "private", "type": "dataset"}
     assert settings.payload == {"gated": "manual"}
     assert all(call.authorized for call in hub.calls)
@@ -260,17 +260,18 @@ def test_dataset_push_order_is_private_create_upload_then_manual_gate(run_dir: P
 
 def test_visible_dataset_stays_gated_and_goes_public_last(run_dir: Path, tmp_path: Path, hub: HubStandIn) -> None:
     assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/d", "--local-dir", str(tmp_path / "r"), "--visible"]) == 0
-    assert hub.names()[-2:] == ["settings", "settings"]
-    assert [c.payload for c in hub.calls[-2:]] == [{"gated": "manual"}, {"visibility": "public"}]
+    assert [c.payload for c in hub.calls if c.name == "settings"] == [{"gated": "manual"}, {"visibility": "public"}]
+    assert hub.names()[-1] == "settings" and hub.names()[1] == "settings"
     assert not hub.repos["org/d"].private and hub.repos["org/d"].gated == "manual"
 
 
-def test_an_existing_public_ungated_repo_is_gated_before_the_upload(run_dir: Path, tmp_path: Path, hub: HubStandIn) -> None:
+def test_an_existing_public_ungated_repo_is_made_private_and_gated_before_the_upload(run_dir: Path, tmp_path: Path, hub: HubStandIn) -> None:
     hub.add_repo("org/d", "dataset", private=False, gated=False)
     assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/d", "--local-dir", str(tmp_path / "r")]) == 0
     names = hub.names()
-    assert names[:3] == ["create", "repo_info", "settings"] and hub.calls[2].payload == {"gated": "manual"}
-    assert names.index("settings") < names.index("commit")
+    assert names[:4] == ["create", "repo_info", "settings", "settings"]
+    assert [c.payload for c in hub.calls[2:4]] == [{"visibility": "private"}, {"gated": "manual"}]
+    assert hub.repos["org/d"].private and hub.repos["org/d"].gated == "manual"
 
 
 def test_push_without_a_token_is_refused(run_dir: Path, tmp_path: Path, hub: HubStandIn, monkeypatch, capsys) -> None:
@@ -316,7 +317,7 @@ def test_model_card_without_eval_results_has_no_model_index(trained: Path, tmp_p
     for path in trained.iterdir():
         if path.is_file():
             (adapter_only / path.name).write_bytes(path.read_bytes())
-    folder = write_model_repo(adapter_only, "org/m", tmp_path / "model")
+    folder = write_model_repo(adapter_only, "org/m", tmp_path / "model", merge=False)
     card = ModelCard.load(folder / "README.md")
     assert card.data.eval_results is None and "carries no `model-index`" in card.text
     assert card.data.library_name == "peft" and (folder / "adapter_config.json").is_file()
@@ -342,7 +343,7 @@ def test_model_snippets_work_as_written(trained: Path, tmp_path: Path, default_m
     for path in trained.iterdir():
         if path.is_file():
             (adapter_only / path.name).write_bytes(path.read_bytes())
-    adapter_layout = write_model_repo(adapter_only, "org/safer-adapter", tmp_path / "adapter")
+    adapter_layout = write_model_repo(adapter_only, "org/safer-adapter", tmp_path / "adapter", merge=False)
     cache = tmp_path / "hf-cache" / f"models--{DEFAULT_MODEL_HUB_ID.replace('/', '--')}"
     (cache / "snapshots" / ("0" * 40)).mkdir(parents=True)
     (cache / "refs").mkdir()
@@ -355,7 +356,7 @@ def test_model_snippets_work_as_written(trained: Path, tmp_path: Path, default_m
         use_it = (folder / "README.md").read_text().split("## Use it", 1)[1].split("\n## ", 1)[0]
         for block in re.findall(r"```python\n(.*?)```", use_it, re.DOTALL):
             code.append(block.replace(f'"{repo_id}"', repr(str(folder))).replace("max_new_tokens=128", "max_new_tokens=6"))
-    assert len(code) == 3  # merged: transformers + PeftModel on the subfolder; adapter only: AutoPeftModel
+    assert len(code) == 4  # merged: pipeline, transformers, PeftModel on the subfolder; adapter only: AutoPeftModel
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-c", "\n".join(code) + "\nprint('SNIPPETS-OK')"], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -394,7 +395,8 @@ def test_space_folder_readme_names_models_and_dataset(space_source: Path, tmp_pa
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.emoji == "🛡️"
     assert card.data.models == [DEFAULT_MODEL_HUB_ID, "org/safer-model"] and card.data.datasets == ["org/safer-demo"]
     assert "> **Content warning.**" in card.text and "| `ALIGNED_MODEL` | `org/safer-model` |" in card.text
-    assert sorted(p.name for p in folder.iterdir()) == [".safer-instruct-release", "README.md", "app.py", "requirements.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [".safer-instruct-release", "README.md", "app.py", "requirements.txt",
+                                                        "safer_instruct"]
     with pytest.raises(SaferInstructError, match="give the aligned model as ORG/NAME"):
         write_space_repo("org/compare", tmp_path / "space2", base_model=DEFAULT_MODEL_HUB_ID,
                          aligned_model=str(tmp_path), source_dir=space_source)
@@ -450,7 +452,10 @@ def test_access_review_applies_decisions_and_keeps_an_audit_log(tmp_path: Path, 
     statuses = {r["user"]["user"]: r["status"] for r in hub.repos["org/d"].requests}
     assert statuses == {"alice": "accepted", "bob": "rejected", "carol": "pending"}
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
-    assert [(e["user"], e["decision"], e["by"]) for e in entries] == [("alice", "accept", "policy"), ("bob", "reject", "policy"), ("carol", "skip", "policy")]
+    assert [(e["user"], e["decision"], e["event"]) for e in entries] == [
+        ("alice", "accept", "intent"), ("alice", "accept", "applied"), ("bob", "reject", "intent"), ("bob", "reject", "applied"),
+        ("carol", "skip", "left for a person")]
+    assert {e["by"] for e in entries} == {"policy"}
     expected_hash = AccessPolicy(required=[NAME, AFFILIATION], blocked_users=["mallory"]).fingerprint()
     assert {e["policy_sha256"] for e in entries} == {expected_hash}
     assert all(e["time"] and e["reason"] and e["repo"] == "org/d" for e in entries)
@@ -475,9 +480,10 @@ def test_manual_access_decisions(tmp_path: Path, hub: HubStandIn, capsys) -> Non
     assert "alice" in out.out and "erin" in out.out and "HTTP 404" in out.err
     assert [c.name for c in hub.calls] == ["handle_request", "handle_request", "grant", "list_requests", "handle_request"]
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [(e["user"], e["decision"], e["by"], e["reason"]) for e in entries] == [
+    assert [(e["user"], e["decision"], e["by"], e["reason"]) for e in entries if e["event"] == "applied"] == [
         ("bob", "reject", "manual", "no affiliation"), ("alice", "accept", "manual", "decided by hand"),
         ("erin", "grant", "manual", "decided by hand")]
+    assert [(e["user"], e["event"]) for e in entries if e["user"] == "nobody"] == [("nobody", "intent"), ("nobody", "failed")]
 
 
 def test_policy_file_with_an_unknown_key_is_an_error(tmp_path: Path, capsys) -> None:

@@ -1,10 +1,15 @@
-"""The OpenAI backend against a real ``transformers serve`` on loopback, and against a flaky stand-in."""
+"""The OpenAI backend against a real ``transformers serve`` on loopback, and against loopback stand-ins: a flaky
+server, a scoring server backed by the real default model, instant servers as replicas, and the Batch API."""
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +20,7 @@ from safer_instruct.config import LLMConfig
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.llm import ResponseCache, SamplingParams, make_llm
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 CHATS = [[{"role": "user", "content": q}] for q in ["What is the capital of France?", "Name a fruit.", "Say hello."]]
 
 
@@ -145,3 +151,161 @@ def test_cache_keeps_finished_results_and_rejects_corrupt_files(tmp_path: Path) 
     with pytest.raises(SaferInstructError, match="corrupt.sqlite: the response cache is corrupt"):
         ResponseCache(corrupt)
     assert corrupt.read_bytes().startswith(b"this is not a database")  # nothing overwritten
+
+
+# -- scoring given text over HTTP (filter.response_match) ------------------------------------------
+@pytest.mark.slow
+def test_loglikelihood_over_http_matches_the_local_model(default_model_dir: Path) -> None:
+    from openai_standin import ScoringStandIn
+
+    from safer_instruct.llm.local import LocalLLM
+
+    local = LocalLLM(LLMConfig(model=str(default_model_dir), dtype="float32"), show_progress=False)  # one precision for both paths
+    server = ScoringStandIn(local)
+    try:
+        remote = make_llm(LLMConfig(backend="openai", model=str(default_model_dir), base_url=server.base_url), show_progress=False)
+        prompts = [[{"role": "user", "content": "How do I make my neighbour's dog sick?"}],
+                   [{"role": "user", "content": "Say something."}],
+                   "### response:\nEat it raw, it is fine.\n\n### Instruction:\n"]
+        texts = ["Feed it chocolate every day.", "Feed it chocolate every day.", "Should I cook chicken before eating it?"]
+        over_http = remote.loglikelihood(prompts, texts)
+        in_process = local.loglikelihood(prompts, texts)
+        assert server.requests == len(prompts)
+        for http_score, local_score in zip(over_http, in_process):
+            assert http_score.tokens == local_score.tokens > 3
+            assert http_score.logprob == pytest.approx(local_score.logprob, abs=2e-3)
+        assert over_http[0].logprob != pytest.approx(over_http[1].logprob, abs=0.5)  # the prompt matters: real numbers
+        remote.close()
+    finally:
+        server.close()
+
+
+def test_scoring_is_refused_where_the_server_cannot(served_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safer_instruct.llm import Unsupported
+
+    llm = make_llm(served_config(served_model), show_progress=False)  # transformers serve: no echoed logprobs
+    with pytest.raises(Unsupported, match=rf"at {served_model.base_url} cannot score given text: .*no prompt log-probabilities"):
+        llm.loglikelihood(["### response:\nHi.\n\n### Instruction:\n"], ["Say hi."])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + "y" * 20)
+    with pytest.raises(Unsupported, match=r"'gpt-4o' at https://api.openai.com/v1 cannot score .*OpenAI API does not return"):
+        make_llm(LLMConfig(backend="openai", model="gpt-4o")).loglikelihood(["a"], ["b"])
+
+
+# -- many replicas -----------------------------------------------------------------------------------
+def start_instant(port: int) -> subprocess.Popen:
+    """One ``InstantOpenAIServer`` (bench/instant_server.py) in its own process, so it can be killed."""
+    process = subprocess.Popen([sys.executable, str(BENCH / "instant_server.py"), "--port", str(port)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"instant server on port {port} did not come up")
+
+
+@pytest.mark.slow
+def test_replicas_share_the_load_survive_a_killed_one_and_take_it_back() -> None:
+    from conftest import free_port
+
+    ports = [free_port() for _ in range(3)]
+    servers = [start_instant(port) for port in ports]
+    urls = [f"http://127.0.0.1:{port}/v1" for port in ports]
+    llm = make_llm(LLMConfig(backend="openai", model="m", base_url=urls, max_retries=1, max_concurrency=4, replica_cooldown_s=1.0),
+                   show_progress=False)
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3000)]
+    try:
+        killer = threading.Timer(0.5, servers[1].kill)  # -9, mid-run
+        killer.start()
+        answers = llm.generate(prompts, SamplingParams(max_new_tokens=16))
+        killer.join()
+        assert len(answers) == len(prompts) and all(a.text.startswith("I can't help") for a in answers)
+        served = [replica.answered for replica in llm.pool.replicas]
+        assert served[1] > 0 and served[0] > served[1] and served[2] > served[1], served  # spread, then taken out
+        assert llm.pool.up == 2
+        servers[1] = start_instant(ports[1])  # back on its port
+        time.sleep(1.2)  # its cool-down
+        before = llm.pool.replicas[1].answered
+        llm.generate(prompts[:300], SamplingParams(max_new_tokens=8))
+        assert llm.pool.replicas[1].answered > before and llm.pool.up == 3
+        for server in servers:
+            server.kill()
+        with pytest.raises(SaferInstructError, match=r"none of the 3 replicas of 'm' answered: cannot reach http://127.0.0.1"):
+            llm.generate(prompts[:2], SamplingParams(max_new_tokens=8))
+    finally:
+        llm.close()
+        for server in servers:
+            server.kill()
+            server.wait()
+
+
+def test_replica_lists_are_checked() -> None:
+    with pytest.raises(ValueError, match="without repeats"):
+        LLMConfig(backend="openai", model="m", base_url=["http://a/v1", "http://a/v1"])
+    with pytest.raises(ValueError, match="openai backend only"):
+        LLMConfig(model="m", base_url=["http://a/v1"])
+
+
+# -- the Batch API -----------------------------------------------------------------------------------
+BATCH_CHILD = """
+import sys
+from safer_instruct.config import LLMConfig
+from safer_instruct.llm import make_llm
+from safer_instruct.pipeline.store import RunStore
+store = RunStore(sys.argv[2])
+config = LLMConfig(backend="openai", model="m", base_url=sys.argv[1], batch_api=True, batch_poll_s=0.05)
+decisions = make_llm(config, ledger=store, show_progress=False).decide([f"request {i}" for i in range(5)], ["unsafe", "safe"])
+print([d.label for d in decisions])
+"""
+
+
+@pytest.mark.slow
+def test_batch_api_is_paid_once_even_when_the_run_is_killed(tmp_path: Path) -> None:
+    from openai_standin import BatchStandIn
+
+    from safer_instruct.llm.batch import MemoryLedger
+    from safer_instruct.pipeline.store import RunStore
+
+    server = BatchStandIn()
+    state = tmp_path / "state.sqlite"
+    command = [sys.executable, "-c", BATCH_CHILD, server.base_url, str(state)]
+    try:
+        server.hold.set()  # the batch stays in progress: the first run polls until it is killed
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (state.exists() and RunStore(state).db.execute("SELECT count(*) FROM batches").fetchone()[0]):
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        child.kill()  # -9 while polling
+        child.wait()
+        assert server.created == 1
+        server.hold.clear()
+        rerun = subprocess.run(command, capture_output=True, text=True, check=True)
+        assert rerun.stdout.strip() == str(["unsafe"] * 5)
+        assert server.created == 1 and server.direct == 0  # the same batch collected: not submitted, not paid again
+        # killed between creating the batch and recording it: the batch's metadata finds it
+        config = LLMConfig(backend="openai", model="m", base_url=server.base_url, batch_api=True, batch_poll_s=0.05,
+                           prices={"prompt_per_million": 2.0})
+        llm = make_llm(config, ledger=MemoryLedger(), show_progress=False)
+        assert [d.label for d in llm.decide([f"request {i}" for i in range(5)], ["unsafe", "safe"])] == ["unsafe"] * 5
+        assert server.created == 1
+        assert llm.usage.cost_usd == pytest.approx(5 * 10 * 2.0 / 1e6 * 0.5)  # the Batch API's half price
+        llm.close()
+    finally:
+        server.close()
+
+
+def test_batch_lines_left_unanswered_are_asked_directly() -> None:
+    from openai_standin import BatchStandIn
+
+    server = BatchStandIn(unanswered=frozenset({1, 3}))
+    try:
+        llm = make_llm(LLMConfig(backend="openai", model="m", base_url=server.base_url, batch_api=True, batch_poll_s=0.05),
+                       show_progress=False)
+        decisions = llm.decide([f"request {i}" for i in range(4)], ["unsafe", "safe"])
+        assert [d.label for d in decisions] == ["unsafe"] * 4 and all(d.probability > 0.9 for d in decisions)
+        assert (server.created, server.direct) == (1, 2)
+        llm.close()
+    finally:
+        server.close()

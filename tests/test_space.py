@@ -49,7 +49,7 @@ class Served:
     log: Path
 
     def client(self, visitor: str) -> Client:
-        """A client the throttle counts as its own visitor (as behind the Hub's proxy)."""
+        """A client the throttle counts as its own visitor (as behind the Hub's proxy, which the app trusts here)."""
         return Client(self.url, verbose=False, headers={"X-Forwarded-For": visitor})
 
     def votes_written(self) -> list[dict]:
@@ -72,7 +72,8 @@ def served(adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     command = [str(Path(sys.executable).with_name("safer-instruct")), "space", "--port", str(port),
                "--aligned-adapter", str(adapter_dir), "--judge", "default", "--votes", str(work / "votes.jsonl")]
     env = {**os.environ, **SECRETS, "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_DISABLE": "1",
-           "DEFAULT_NEW_TOKENS": "24", "MAX_NEW_TOKENS": "64", "REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE)}
+           "DEFAULT_NEW_TOKENS": "24", "MAX_NEW_TOKENS": "64", "REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
+           "TRUSTED_PROXY_HOPS": "1"}  # the test client plays the proxy: its X-Forwarded-For names each visitor
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

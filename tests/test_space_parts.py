@@ -59,10 +59,17 @@ def test_throttle_allows_a_rate_per_client_in_a_sliding_window() -> None:
     assert throttle.wait_s("a") == 0
 
 
-def test_client_key_prefers_the_forwarded_address() -> None:
-    assert client_key("10.0.0.1", "203.0.113.9, 10.0.0.1", "s1") == "203.0.113.9"
-    assert client_key("10.0.0.1", None, "s1") == "10.0.0.1"
+def test_client_key_trusts_forwarded_for_only_behind_a_trusted_proxy() -> None:
+    assert client_key("10.0.0.1", "203.0.113.9", "s1") == "10.0.0.1"  # no trusted proxy: the header is anyone's to forge
+    assert client_key("10.0.0.1", "203.0.113.9", "s1", trusted_proxy_hops=1) == "203.0.113.9"
+    # the proxy appends what it saw: a forged entry the visitor sent sits left of it and is ignored
+    assert client_key("10.0.0.1", "198.51.100.1, 203.0.113.9", "s1", trusted_proxy_hops=1) == "203.0.113.9"
+    assert client_key("10.0.0.1", "198.51.100.1, 203.0.113.9, 10.0.0.7", "s1", trusted_proxy_hops=2) == "203.0.113.9"
+    assert client_key("10.0.0.1", None, "s1", trusted_proxy_hops=1) == "10.0.0.1"
     assert client_key(None, None, "s1") == "s1"
+    assert SpaceSettings.from_env({}).proxy_hops() == 0
+    assert SpaceSettings.from_env({"SPACE_ID": "org/compare"}).proxy_hops() == 1
+    assert SpaceSettings.from_env({"SPACE_ID": "org/compare", "TRUSTED_PROXY_HOPS": "0"}).proxy_hops() == 0
 
 
 def test_prompt_limits_say_what_is_wrong() -> None:

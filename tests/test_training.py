@@ -7,6 +7,10 @@ reward accuracy must rise within three steps.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -52,7 +56,7 @@ TINY = {  # the smallest run that still learns: one LoRA on attention, two rows 
     "logging_steps": 1,
     "save_steps": 2,
     "max_length": 128,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,
     "report_to": "none",
     "seed": 0,
 }
@@ -300,18 +304,114 @@ def test_run_dataset_folder_loads_by_split(tmp_path, default_model_dir):
     assert len(prepared["train"]) == 2 and len(prepared["eval"]) == 1
 
 
-def test_cpu_recipe_asks_bf16_autocast_where_no_gpu_has_bf16():
+@pytest.mark.parametrize("native", [True, False], ids=["cpu-with-bf16", "cpu-avx2-only"])
+def test_cpu_recipe_asks_bf16_autocast_only_where_the_cpu_runs_it_natively(monkeypatch, native):
     from transformers.utils import is_torch_bf16_gpu_available
 
-    _, training_args, _ = parse_recipe("sft", REPO / "training" / "recipes" / "smollm2-135m" / "sft.yaml")
-    assert training_args.bf16 and training_args.use_cpu == (not is_torch_bf16_gpu_available())
+    from safer_instruct import device
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
+    recipe = REPO / "training" / "recipes" / "smollm2-135m" / "sft.yaml"
+    _, training_args, *_ = parse_recipe("sft", recipe)
+    assert training_args.bf16 is native
+    assert training_args.use_cpu == (native and not is_torch_bf16_gpu_available())
+    _, training_args, *_ = parse_recipe("sft", recipe, ["--bf16", "auto"])
+    assert training_args.bf16 is native
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "training" / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recipe_parses(path):
     method = {"reverse_sft": "reverse-sft", "sft": "sft", "dpo": "dpo"}[path.stem.removesuffix("_qlora")]
-    script_args, training_args, model_args = parse_recipe(method, path, ["--bf16", "false"])  # no GPU here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        script_args, training_args, model_args, _ = parse_recipe(method, path, ["--bf16", "false"])  # no GPU here
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)]  # the recipes use the successor key
     assert training_args.report_to in ([], "none", ["none"]) and script_args.dataset_name
     assert model_args.model_name_or_path and training_args.output_dir.startswith("runs/")
     if method == "dpo":
         assert training_args.beta == 0.1
+
+
+def test_recipes_parse_the_trl_way(tmp_path, monkeypatch):
+    """`--config=PATH` as `--config PATH`, with the kit's CPU handling; the YAML's `env:` is set, as in TRL."""
+    from safer_instruct import device
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("SAFER_TEST_RECIPE_ENV", raising=False)
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text((REPO / "training" / "recipes" / "smollm2-135m" / "sft.yaml").read_text()
+                      + "env:\n  SAFER_TEST_RECIPE_ENV: set-by-recipe\n")
+    spaced = parse_recipe("sft", None, ["--config", str(recipe), "--max_steps", "3"])
+    joined = parse_recipe("sft", None, [f"--config={recipe}", "--max_steps", "3"])
+    assert os.environ["SAFER_TEST_RECIPE_ENV"] == "set-by-recipe"
+    for parsed in (spaced, joined):
+        assert parsed[1].max_steps == 3 and parsed[1].bf16 is True and parsed[1].use_cpu is True
+    assert joined[1].to_dict() == spaced[1].to_dict()
+    with pytest.raises(SaferInstructError, match="unknown training argument"):
+        parse_recipe("sft", recipe, ["--no_such_flag", "1"])
+    with pytest.raises(SaferInstructError, match="recipe not found"):
+        parse_recipe("sft", None, ["--config=missing.yaml"])
+
+
+@pytest.mark.slow
+def test_trl_dataset_mixture_trains(tmp_path, default_model_dir):
+    """`datasets:` (TRL's DatasetMixtureConfig) instead of `dataset_name`: both files' rows are trained on."""
+    first = write_jsonl(tmp_path / "a.jsonl", REVERSE_ROWS[:1])
+    second = write_jsonl(tmp_path / "b.jsonl", REVERSE_ROWS[1:])
+    mixture = [{"path": "json", "data_files": str(first)}, {"path": "json", "data_files": str(second)}]
+    values = {key: value for key, value in recipe(tmp_path, "out", first).items() if key != "dataset_name"}
+    result = train("reverse-sft", {**values, "datasets": mixture}, ["--max_steps", "1"])
+    assert result.metrics["train_rows"] == 2 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+# -- accelerate configs: the final save ---------------------------------------------------------------
+def _accelerate(config: str, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+               str(REPO / "training" / "accelerate" / config), "--num_processes", str(processes), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_ddp_config_trains_on_two_cpu_processes_and_saves(tmp_path, default_model_dir):
+    """training/accelerate/ddp.yaml, 2 processes over gloo (`--use_cpu true`): the final save writes the adapter."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", REVERSE_ROWS * 2)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(json.dumps(recipe(tmp_path, "out", data, max_steps=2, lora_target_modules=["q_proj", "v_proj"])))
+    done = _accelerate("ddp.yaml", str(REPO / "training" / "reverse_sft.py"), f"--config={config}", "--use_cpu", "true",
+                       processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["steps"][-1]["epoch"] == 2.0  # 4 rows, 2 per process and step: 2 epochs in 2 steps (1 alone)
+
+
+@pytest.mark.slow
+def test_fsdp_config_final_save_gathers_a_full_state_dict(tmp_path):
+    """accelerate runs FSDP only on accelerators (on CPU it falls back to plain data parallel), so this runs the
+    closest CPU path: the FSDP plugin accelerate makes from fsdp.yaml is sharded (no weights from save_model), and
+    the kit's final-save step turns it to a full state dict, which save_model writes."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from types import SimpleNamespace\n"
+        "from accelerate.utils import FullyShardedDataParallelPlugin\n"
+        "from safer_instruct.training.run import _full_state_dict_for_saving\n"
+        "plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* environment, as Accelerator makes it\n"
+        "before = str(plugin.state_dict_type)\n"
+        "trainer = SimpleNamespace(is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))\n"
+        "_full_state_dict_for_saving(trainer)\n"
+        "print('PLUGIN', before, plugin.state_dict_type, plugin.fsdp_version)\n")
+    done = _accelerate("fsdp.yaml", str(probe))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "PLUGIN StateDictType.SHARDED_STATE_DICT StateDictType.FULL_STATE_DICT 2" in done.stdout
+
+
+def test_deepspeed_config_gathers_weights_for_the_final_save():
+    """Under ZeRO-3, save_model writes weights only when they are gathered in 16 bit (DeepSpeed is not installed
+    here, and accelerate runs DeepSpeed only on accelerators)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "training" / "accelerate" / "deepspeed_zero3.yaml").read_text())
+    assert config["deepspeed_config"]["zero_stage"] == 3 and config["deepspeed_config"]["zero3_save_16bit_model"] is True

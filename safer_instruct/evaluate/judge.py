@@ -27,6 +27,7 @@ from pydantic import Field
 from safer_instruct.config import LLMConfig, StrictModel
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.llm import LLM, Decision, SamplingParams
+from safer_instruct.prompts import as_data
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 HARM_LABELS = ("harmful", "harmless")
@@ -59,8 +60,8 @@ class Template:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
 
     def render(self, **values: str) -> str:
-        """Fill ``{name}`` placeholders in one pass (so values that contain braces stay as they are)."""
-        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.text)
+        """Fill ``{name}`` placeholders in one pass (so values that contain braces stay as they are), as data."""
+        return _PLACEHOLDER.sub(lambda m: as_data(values[m.group(1)]), self.text)
 
 
 def load_template(name: str) -> Template:
@@ -121,7 +122,8 @@ class Judge:
             generations = self.llm.generate(texts, SamplingParams(max_new_tokens=32, temperature=0.0))
             return [parse_wildguard(g.text) for g in generations]
         if self.config.style == "llama-guard":
-            chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
+            chats = [[{"role": "user", "content": as_data(p)}, {"role": "assistant", "content": as_data(a)}]
+                     for p, a in zip(prompts, answers)]
             decisions, harmful_label = self.llm.decide(chats, GUARD_LABELS), "unsafe"
         else:
             chats = [[{"role": "user", "content": self.harm_template.render(prompt=p, answer=a).strip()}]
@@ -140,6 +142,23 @@ class Judge:
             for i, a, b in zip(instructions, answers_a, answers_b)
         ]
         return self.llm.decide(chats, PAIR_LABELS)
+
+
+def versus_constant(truth: Sequence[bool], predicted: Sequence[bool | None]) -> dict:
+    """A judge's hits on a labelled set (an unreadable verdict is a miss) beside those of the best constant answer."""
+    positives = sum(truth)
+    hits = sum(p is not None and p == t for t, p in zip(truth, predicted))
+    constant = max(positives, len(truth) - positives)
+    return {"n": len(truth), "hits": hits, "constant_hits": constant, "better_than_constant": hits > constant}
+
+
+def require_informative_judge(check: dict, model: str) -> None:
+    """Refuse a harm judge that does no better on the labelled set than always giving one answer."""
+    if not check["better_than_constant"]:
+        n = check["n"]
+        raise SaferInstructError(
+            f"harm judge {model!r} is no better than a constant: {check['hits']}/{n} right on the labelled harm set, "
+            f"always answering the majority label gets {check['constant_hits']}/{n}; use a stronger judge or harmless_by: refusal")
 
 
 def probability_of(decision: Decision, label: str) -> float | None:

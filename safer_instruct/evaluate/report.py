@@ -18,26 +18,36 @@ def fmt(entry: dict | None) -> str:
     return f"{100 * entry['rate']:.1f}% [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}] ({count})"
 
 
+def label_split(labels: dict | None) -> str:
+    """``30.0% / 5.0%``: the full and the partial refusal shares of a set (``-`` without three-way labels)."""
+    if not labels or labels["full_refusal"]["rate"] is None:
+        return "-"
+    return f"{100 * labels['full_refusal']['rate']:.1f}% / {100 * labels['partial_refusal']['rate']:.1f}%"
+
+
 def results_tables(results: dict) -> list[Table]:
     """One table of models × prompt sets, then helpfulness and judge agreement when present."""
     scores = Table(title=f"model × prompt set (95% Wilson intervals; harmless by {results['harmless_by']})")
-    for column in ("model", "set", "kind", "harmless", "refusal", "mean words"):
+    for column in ("model", "set", "kind", "harmless", "refusal", "full / partial refusal", "mean words"):
         scores.add_column(column)
     for model, sets in results["models"].items():
         for set_name, entry in sets.items():
             scores.add_row(model, set_name, results["sets"][set_name]["kind"], fmt(entry.get("harmless")),
-                           fmt(entry["refusal"]), f"{entry['length']['mean_words']:g}")
+                           fmt(entry["refusal"]), label_split(entry.get("refusal_labels")), f"{entry['length']['mean_words']:g}")
     tables = [scores]
     helpfulness = results.get("helpfulness")
     if helpfulness:
         table = Table(title=f"helpfulness: {helpfulness['model']} vs {helpfulness['baseline']} on {helpfulness['set']} (both orders)")
-        for column in ("win rate (ties ½)", "wins", "ties", "losses", "failures", "judge picks first", "mean P(better)"):
+        for column in ("win rate (ties ½)", "wins", "ties", "losses", "failures", "judge picks first", "mean P(better)", "verdict"):
             table.add_column(column)
         preference = helpfulness.get("mean_preference")
         table.add_row(fmt(helpfulness["win_rate"]), str(helpfulness["wins"]), str(helpfulness["ties"]),
                       str(helpfulness["losses"]), str(helpfulness["failures"]), fmt(helpfulness["judge_picks_first"]),
-                      "-" if preference is None else f"{preference:.3f}")
+                      "-" if preference is None else f"{preference:.3f}", helpfulness.get("verdict", "-"))
         tables.append(table)
+    capability = capability_table(results.get("summary", {}))
+    if capability:
+        tables.append(capability)
     agreement = results.get("judge_agreement")
     if agreement:
         table = Table(title=f"agreement with the labelled set (n={agreement['n']}, positive = harmful)")
@@ -51,6 +61,21 @@ def results_tables(results: dict) -> list[Table]:
                               str(entry["false_positive"]), str(entry["false_negative"]), str(entry["true_negative"]))
         tables.append(table)
     return tables
+
+
+def capability_table(summary: dict) -> Table | None:
+    """Reference answers' log-likelihood per token, and the share of the baseline's per-token likelihood kept."""
+    rows = [(model, line) for model, line in summary.items() if line.get("reference_logprob_per_token") is not None]
+    if not rows:
+        return None
+    table = Table(title="capability: log-likelihood of the benign sets' reference answers")
+    for column in ("model", "log-prob per token", "capability kept"):
+        table.add_column(column)
+    for model, line in rows:
+        kept = line.get("capability_kept")
+        table.add_row(model, f"{line['reference_logprob_per_token']:.4f}",
+                      f"{100 * kept['value']:.1f}% of {kept['against']}" if kept else "-")
+    return table
 
 
 def plot_chart(results: dict, path: Path) -> Path:

@@ -31,6 +31,7 @@ class PromptSetConfig(StrictModel):
     split: str = "test"
     prompt_column: str = "prompt"
     category_column: str | None = "category"
+    reference_column: str | None = "reference"  # a good answer, scored for capability (optional per row)
     limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -45,11 +46,12 @@ class PromptSetConfig(StrictModel):
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One prompt to answer; ``id`` is a stable hash of the prompt text."""
+    """One prompt to answer; ``id`` is a stable hash of the prompt text; ``reference`` a good answer, if known."""
 
     id: str
     prompt: str
     category: str
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def load_prompt_set(config: PromptSetConfig) -> list[PromptItem]:
     for where, record in records:
         prompt = text_field(where, record, config.prompt_column)
         category = text_field(where, record, config.category_column, required=False) if config.category_column else ""
-        items.append(PromptItem(id=item_id(prompt), prompt=prompt, category=category or config.kind))
+        reference = text_field(where, record, config.reference_column, required=False) if config.reference_column else ""
+        items.append(PromptItem(id=item_id(prompt), prompt=prompt, category=category or config.kind, reference=reference))
         if config.limit and len(items) >= config.limit:
             break
     if not items:

@@ -1,7 +1,8 @@
 """Hub release: the gated dataset, the model with its card, the comparison Space, and access review.
 
 Each release writes the complete repo folder locally first (``write_*_repo``), then pushes it in a
-fixed order: create private → upload → gate (dataset) / set variables (Space) → visible only if asked.
+fixed order: create private (an existing public repo is made private) → gate (dataset) → upload (a model:
+its allow-list) → set variables (Space) → visible only if asked.
 """
 
 from safer_instruct.hub.access import AccessPolicy, Decision, decide, handle, list_requests, load_policy, review

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.resources import kit_path
 
-CARDS_DIR = Path(__file__).resolve().parents[2] / "cards"
+CARDS_DIR = kit_path("cards")
 PAPER_URL = "https://arxiv.org/abs/2311.08685"
 CITATION = """@inproceedings{shi2024saferinstruct,
   title     = {Safer-Instruct: Aligning Language Models with Automated Preference Data},
@@ -24,7 +25,7 @@ def template_path(name: str) -> str:
     """The path of a card template in ``cards/``, checked to exist."""
     path = CARDS_DIR / name
     if not path.is_file():
-        raise SaferInstructError(f"{path}: card template not found (publish runs from a checkout of the kit)")
+        raise SaferInstructError(f"{path}: card template not found (the kit's install lacks its cards/)")
     return str(path)
 
 

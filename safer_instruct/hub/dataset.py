@@ -8,12 +8,15 @@ import re
 import shutil
 from collections import Counter
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import datasets
+import pyarrow
+import pyarrow.parquet
 import yaml
 from datasets import DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from safer_instruct.errors import SaferInstructError
@@ -24,6 +27,8 @@ from safer_instruct.prompts import load_template
 from safer_instruct.training.data import REVERSE_TEMPLATE
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+LOCAL_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/])")
 SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 REQUIRED_COLUMNS = ("id", "prompt", "chosen", "rejected", "category", "kind")
 DEFAULT_LICENSE = "cc-by-nc-4.0"
@@ -37,15 +42,29 @@ def load_run_dataset(run_dir: str | Path) -> DatasetDict:
         raise SaferInstructError(f"{folder}: no parquet files; run `safer-instruct build` first")
     splits: dict[str, list[str]] = {}
     for path in files:
+        _check_parquet(path)
         splits.setdefault(path.name.split("-")[0], []).append(str(path))
-    with quiet_datasets():
-        loaded = load_dataset("parquet", data_files=splits)
+    try:
+        with quiet_datasets():
+            loaded = load_dataset("parquet", data_files=splits)
+    except (DatasetGenerationError, pyarrow.ArrowException) as err:
+        raise SaferInstructError(f"{folder}: its parquet files could not be read ({str(err).splitlines()[0]}); "
+                                 "rebuild the dataset with `safer-instruct build`") from None
     data = DatasetDict({name: loaded[name] for name in sorted(loaded, key=lambda n: (SPLIT_ORDER.get(n, len(SPLIT_ORDER)), n))})
     for split, dataset in data.items():
         missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
         if missing:
             raise SaferInstructError(f"{splits[split][0]}: missing column(s) {', '.join(missing)} in split {split!r}")
     return data
+
+
+def _check_parquet(path: Path) -> None:
+    """A file that is not a readable parquet table is named before ``datasets`` reads it."""
+    try:
+        pyarrow.parquet.read_schema(path)
+    except (pyarrow.ArrowException, OSError) as err:
+        raise SaferInstructError(f"{path}: not a readable parquet file ({err}); rebuild the dataset with "
+                                 "`safer-instruct build`") from None
 
 
 @contextmanager
@@ -58,6 +77,9 @@ def quiet_datasets():
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
+
+
+EVAL_CONFIG_PREFIX = "eval_"  # configs holding the evaluation prompt sets (not training data)
 
 
 def config_name(category: str) -> str:
@@ -79,15 +101,19 @@ def write_dataset_repo(
     data = load_run_dataset(run_dir)
     folder = fresh_release_dir(local_dir, repo_id)
     configs = _write_configs(data, folder)
+    eval_configs = _write_eval_configs(read_json(run_dir / "eval" / "results.json"), folder)
     funnel = read_json(run_dir / "dataset" / "funnel.json")
-    if (run_dir / "dataset" / "funnel.png").is_file():
+    if not funnel_ran(funnel):
+        funnel = None  # no stage processed raw texts (e.g. an import of released CSVs): a funnel of zeros says nothing
+    elif (run_dir / "dataset" / "funnel.png").is_file():
         shutil.copy2(run_dir / "dataset" / "funnel.png", folder / "funnel.png")
     run_config = _read_yaml(run_dir / "config.yaml")
     if run_config is not None:
-        shutil.copy2(run_dir / "config.yaml", folder / "config.yaml")
+        run_config = public_config(run_config)
+        (folder / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False), encoding="utf-8")
     templates = _copy_templates(prompts_dir, folder / "prompts")
     card = _dataset_card(data, repo_id, configs, license=license, funnel=funnel, run_config=run_config,
-                         templates=templates, has_chart=(folder / "funnel.png").is_file())
+                         templates=templates, has_chart=(folder / "funnel.png").is_file(), eval_configs=eval_configs)
     card.save(folder / "README.md")
     return folder
 
@@ -114,11 +140,37 @@ def _write_configs(data: DatasetDict, folder: Path) -> list[dict[str, Any]]:
     return configs
 
 
+def _write_eval_configs(results: dict[str, Any] | None, folder: Path) -> list[dict[str, Any]]:
+    """The run's local evaluation prompt sets as ``eval_<set>`` configs (split ``test``), so the model card's
+    ``model-index`` can name them by this repo's id; sets loaded from the Hub already have one."""
+    from datasets import Dataset
+
+    from safer_instruct.evaluate.sets import PromptSetConfig, load_prompt_set
+
+    configs = []
+    for name, settings in ((results or {}).get("config") or {}).get("sets", {}).items():
+        if settings.get("hub"):
+            continue
+        items = load_prompt_set(PromptSetConfig.model_validate(settings))
+        path = f"data/{EVAL_CONFIG_PREFIX}{name}/test-00000-of-00001.parquet"
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        columns = {"prompt": [i.prompt for i in items], "category": [i.category for i in items],
+                   "reference": [i.reference or None for i in items]}
+        with quiet_datasets():
+            Dataset.from_dict(columns).to_parquet(str(folder / path))
+        configs.append({"yaml": {"config_name": f"{EVAL_CONFIG_PREFIX}{name}", "data_files": [{"split": "test", "path": path}]},
+                        "rows": {"test": len(items)}, "kind": settings.get("kind")})
+    return configs
+
+
 def _dataset_card(data: DatasetDict, repo_id: str, configs: list[dict[str, Any]], *, license: str,
                   funnel: Any, run_config: dict[str, Any] | None, templates: list[dict[str, str]],
-                  has_chart: bool) -> DatasetCard:
+                  has_chart: bool, eval_configs: list[dict[str, Any]] = ()) -> DatasetCard:
+    """The card: every number and claim in it comes from the rows, the funnel and the run's config."""
     total = sum(len(split) for split in data.values())
     splits = list(data)
+    categories = [c["yaml"]["config_name"] for c in configs if c["yaml"]["config_name"] != "default"]
+    contents = human_list(content_warnings(categories))
     card_data = DatasetCardData(
         language=["en"],
         license=license,
@@ -126,10 +178,13 @@ def _dataset_card(data: DatasetDict, repo_id: str, configs: list[dict[str, Any]]
         size_categories=[_size_category(total)],
         task_categories=["text-generation"],
         tags=["safety", "alignment", "preference", "dpo", "safer-instruct", "not-for-all-audiences"],
-        configs=[config["yaml"] for config in configs],
-        **gating_metadata(),
+        configs=[config["yaml"] for config in [*configs, *eval_configs]],
+        **gating_metadata(contents),
     )
     kinds = Counter(kind for split in data.values() for kind in split["kind"])
+    pairs = sum(bool(rejected) for split in data.values() for rejected in split["rejected"])
+    imported = imported_files(data)
+    eval_sets = ((run_config or {}).get("decontaminate") or {}).get("eval_sets") or []
     return DatasetCard.from_template(
         card_data,
         template_path=template_path("dataset_card.md.j2"),
@@ -138,20 +193,95 @@ def _dataset_card(data: DatasetDict, repo_id: str, configs: list[dict[str, Any]]
         citation=CITATION,
         total_rows=total,
         kinds=dict(kinds),
+        pairs=pairs,
+        sft_only=total - pairs,
+        contents=contents,
+        imported_rows=sum(imported.values()),
+        imported_files=human_list([f"`{name}`: {count} rows" for name, count in sorted(imported.items())]),
+        built_rows=total - sum(imported.values()),
         config_table=markdown_table(["config", *splits], [[c["yaml"]["config_name"], *(c["rows"].get(s, 0) for s in splits)] for c in configs]),
-        category_configs=[c["yaml"]["config_name"] for c in configs if c["yaml"]["config_name"] != "default"],
+        category_configs=categories,
         funnel_table=funnel_table(funnel) if funnel is not None else None,
         category_funnel=category_funnel_table(funnel),
         has_chart=has_chart,
-        models_table=models_table(data, run_config),
+        models_table=models_table(data, run_config if funnel is not None else None),
         templates=templates,
         reversed_template=REVERSE_TEMPLATE,
         reversed_template_sha=hashlib.sha256(REVERSE_TEMPLATE.encode("utf-8")).hexdigest()[:12],
         run_config=yaml.safe_dump(run_config, sort_keys=False) if run_config else None,
         decontamination=_settings(run_config, ("decontam",)),
+        eval_sets=human_list([f"`{Path(str(path)).name}`" for path in eval_sets]),
         personal_data=_settings(run_config, ("pii", "personal", "scrub")),
         splits=splits,
+        eval_table=markdown_table(["config", "kind", "prompts"], [[c["yaml"]["config_name"], c["kind"], c["rows"]["test"]]
+                                                                   for c in eval_configs]) if eval_configs else None,
     )
+
+
+# what a category's name says it holds (words in the name), for the content warning; unknown names are listed as they are
+WARNINGS = (
+    (("hate", "insult", "harass", "toxic", "offens", "abus"), "hate speech and insults"),
+    (("self-harm", "self_harm", "selfharm", "suicid"), "statements about self-harm"),
+    (("danger",), "dangerous advice"),
+    (("illegal", "crime", "criminal", "fraud", "theft"), "how-tos for illegal acts"),
+    (("sexual", "nsfw", "adult", "explicit", "porn"), "sexual content"),
+    (("violen", "weapon", "terror"), "violence"),
+)
+BENIGN_CATEGORIES = {"helpfulness"}
+
+
+def content_warnings(categories: list[str]) -> list[str]:
+    """What the content warning names: one phrase per kind of harmful text among ``categories``, none left out."""
+    known: set[int] = set()
+    unknown: list[str] = []
+    for category in categories:
+        name = category.lower()
+        if name in BENIGN_CATEGORIES:
+            continue
+        hits = {i for i, (words, _) in enumerate(WARNINGS) if any(word in name for word in words)}
+        known |= hits
+        if not hits:
+            unknown.append(f"text labelled `{category}`")
+    return [WARNINGS[i][1] for i in sorted(known)] + unknown
+
+
+def human_list(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
+
+
+def funnel_ran(funnel: Any) -> bool:
+    """Whether any stage before assembly processed items: an import of released rows has no funnel to show."""
+    stages = funnel.get("stages") if isinstance(funnel, dict) else funnel
+    if isinstance(stages, dict):
+        return any(isinstance(entry, dict) and entry.get("in") for stage, entry in stages.items() if stage != "assemble")
+    return bool(stages)
+
+
+def imported_files(data: DatasetDict) -> Counter:
+    """Rows imported from released CSV files (provenance ``import``), per file name."""
+    files: Counter = Counter()
+    for split in data.values():
+        for raw in split["provenance"] if "provenance" in split.column_names else []:
+            try:
+                provenance = json.loads(raw) if isinstance(raw, str) else raw
+            except json.JSONDecodeError:
+                continue
+            entry = provenance.get("import") if isinstance(provenance, dict) else None
+            if isinstance(entry, dict):
+                files[Path(str(entry.get("file") or "?")).name] += 1
+    return files
+
+
+def public_config(node: Any) -> Any:
+    """The run's config as public text: an absolute or home-relative local path keeps only its last part."""
+    if isinstance(node, dict):
+        return {key: public_config(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [public_config(value) for value in node]
+    if isinstance(node, str) and LOCAL_PATH.match(node):
+        return f"<local>/{PureWindowsPath(node).name if WINDOWS_PATH.match(node) else Path(node).name}"
+    return node
 
 
 def funnel_table(funnel: Any) -> str | None:
@@ -196,7 +326,8 @@ def models_table(data: DatasetDict, run_config: dict[str, Any] | None) -> str | 
             break
         for raw in split["provenance"]:
             for stage, entry in _provenance_entries(raw):
-                used.setdefault(stage, set()).add((entry["model"], str(entry.get("template") or ""), str(entry.get("template_sha") or "")))
+                used.setdefault(stage, set()).add((public_config(entry["model"]), str(entry.get("template") or ""),
+                                                   str(entry.get("template_sha") or "")))
     if not used and run_config:
         for path, section in _walk(run_config):
             if isinstance(section.get("model"), str) and ("backend" in section or path.endswith("llm")):

@@ -21,7 +21,7 @@ ALLOWED_USES = INTENDED_USES[:4]  # "Other" is left for a person to review
 HEADING = "Request access to a dataset of harmful text"
 BUTTON = "Request access"
 PROMPT = (
-    "This dataset contains harmful text (hate speech, self-harm, illegal and dangerous instructions) "
+    "This dataset contains harmful text ({contents}) "
     "paired with safe answers, built with Safer-Instruct for safety alignment. Because the data and the "
     "method are easy to misuse, every request is reviewed by the maintainers. Tell us who you are and "
     "what you will use it for; requests without an affiliation or with an unclear use may be declined. "
@@ -29,11 +29,11 @@ PROMPT = (
 )
 
 
-def gating_metadata() -> dict[str, Any]:
-    """The ``extra_gated_*`` fields of the card YAML."""
+def gating_metadata(contents: str) -> dict[str, Any]:
+    """The ``extra_gated_*`` fields of the card YAML; ``contents`` names the kinds of harmful text in the data."""
     return {
         "extra_gated_heading": HEADING,
-        "extra_gated_prompt": PROMPT,
+        "extra_gated_prompt": PROMPT.format(contents=contents or "see the content warning"),
         "extra_gated_button_content": BUTTON,
         "extra_gated_fields": {
             NAME: "text",

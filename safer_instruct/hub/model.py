@@ -1,4 +1,10 @@
-"""The model release: adapter and/or merged weights, a card with the recipe, the curves and a model-index."""
+"""The model release: merged weights (adapter in ``adapter/``), a card with the recipe, the curves, the eval chart
+and a model-index.
+
+A LoRA checkpoint is released as the base model with the adapter merged in, at the top level, so that
+``AutoModelForCausalLM.from_pretrained(repo)`` and ``pipeline("text-generation", model=repo)`` load it in one
+call; the adapter itself goes to ``adapter/`` (its ``base_model_name_or_path`` is the base's Hub id).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.hub.dataset import EVAL_CONFIG_PREFIX
 from safer_instruct.hub.cards import CITATION, PAPER_URL, markdown_table, percent, read_json, template_path
 from safer_instruct.hub.release_dir import find_run_dir, fresh_release_dir
 from safer_instruct.models import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, MARKER
@@ -19,11 +26,13 @@ SKIPPED = {"README.md", "training_args.bin", "optimizer.pt", "scheduler.pt", "rn
 TOKENIZER_FILE = "tokenizer_config.json"
 ADAPTER_SUBFOLDER = "adapter"
 REPORT_FILES = ("metrics.json", "curves.png")
+EVAL_CHART = "eval_chart.png"  # <run>/eval/chart.png, as released
 LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "task_type")
 RUN_KEYS = {"method": "method", "model": "started from", "start_adapter": "start adapter", "dataset": "training data",
             "train_rows": "training rows", "load_in_4bit": "4-bit base (QLoRA)", "loss_type": "DPO loss",
             "beta": "DPO beta", "reference": "DPO reference"}
 SET_TITLES = {"unsafe": "unsafe prompts", "benign_risky": "benign prompts that look risky", "benign": "benign prompts"}
+LOCAL_EVAL_TYPE = "safer-instruct-eval"  # model-index type of a prompt set that has no Hub dataset
 EXAMPLE_PROMPT = "My neighbour keeps parking in my spot. How can I get back at him?"
 
 
@@ -38,11 +47,16 @@ def write_model_repo(
     base_model: str | None = None,
     recipe: str | Path | None = None,
     license: str = "apache-2.0",
+    merge: bool = True,
+    eval_dataset_id: str | None = None,
 ) -> Path:
     """Write the model repo folder from a training output (adapter, ``merged/``, metrics.json, curves.png).
 
-    ``eval_results`` defaults to ``<run>/eval/results.json`` when the checkpoint lies in a run directory;
-    without results the card says so and carries no model-index.
+    An adapter is merged into its base (the local model it was trained on) unless the checkpoint has
+    ``merged/`` already or ``merge`` is off. ``eval_results`` defaults to ``<run>/eval/results.json`` when the
+    checkpoint lies in a run directory (its ``chart.png`` goes into the card); without results the card says
+    so and carries no model-index. The model-index names each prompt set by the Hub dataset it was loaded
+    from, else by ``eval_dataset_id``.
     """
     checkpoint = Path(checkpoint)
     is_adapter = (checkpoint / "adapter_config.json").is_file()
@@ -63,13 +77,17 @@ def write_model_repo(
 
     folder = fresh_release_dir(local_dir, repo_id)
     if is_adapter:
-        _point_adapter_at(_copy_layout(checkpoint, merged, folder) / "adapter_config.json", base_id)
+        adapter_dir = _copy_layout(checkpoint, merged, folder, merge)
+        _point_adapter_at(adapter_dir / "adapter_config.json", base_id)
     else:
         _copy_weights(checkpoint, folder)
+    chart = results_path.parent / "chart.png" if results_path else None
+    if results and chart and chart.is_file():
+        shutil.copy2(chart, folder / EVAL_CHART)
     card = _model_card(
-        repo_id, base_id, folder, is_adapter=is_adapter, has_merged=merged is not None, dataset_id=dataset_id,
-        results=results, eval_model=eval_model, metrics=metrics, adapter_config=adapter_config,
-        recipe=recipe_settings, license=license, dequantized=dequantized,
+        repo_id, base_id, folder, is_adapter=is_adapter, has_merged=(folder / "config.json").is_file() and is_adapter,
+        dataset_id=dataset_id, results=results, eval_model=eval_model, metrics=metrics, adapter_config=adapter_config,
+        recipe=recipe_settings, license=license, dequantized=dequantized, eval_dataset_id=eval_dataset_id,
     )
     card.save(folder / "README.md")
     return folder
@@ -92,11 +110,30 @@ def hub_base_model(declared: str | None, override: str | None = None) -> tuple[s
     return declared, False
 
 
-def eval_results_for(results: dict[str, Any], model: str) -> list[EvalResult]:
+def eval_set_ids(results: dict[str, Any], eval_dataset_id: str | None = None) -> dict[str, str]:
+    """Each prompt set's Hub dataset id: the one it was loaded from (``hub:``), else ``eval_dataset_id``.
+
+    A set read from a local file without ``eval_dataset_id`` keeps the kit's name for it (no Hub page).
+    """
+    configured = (results.get("config") or {}).get("sets") or {}
+    ids = {}
+    for name in results.get("sets") or configured:
+        hub = (configured.get(name) or {}).get("hub")
+        ids[name] = hub or eval_dataset_id or LOCAL_EVAL_TYPE
+    return ids
+
+
+def eval_config(set_name: str, dataset_id: str | None, eval_dataset_id: str | None) -> str:
+    """The config a prompt set has in its dataset: ``eval_<set>`` in the kit's dataset release, else the set's name."""
+    return f"{EVAL_CONFIG_PREFIX}{set_name}" if eval_dataset_id and dataset_id == eval_dataset_id else set_name
+
+
+def eval_results_for(results: dict[str, Any], model: str, eval_dataset_id: str | None = None) -> list[EvalResult]:
     """``model``'s numbers in the eval issue's results.json as model-index entries (rates as fractions)."""
     scores = results.get("models", {}).get(model)
     if not scores:
         return []
+    set_ids = eval_set_ids(results, eval_dataset_id)
     entries = []
     for set_name, entry in scores.items():
         for metric, key in (("harmless rate", "harmless"), ("refusal rate", "refusal")):
@@ -105,8 +142,9 @@ def eval_results_for(results: dict[str, Any], model: str) -> list[EvalResult]:
                 continue
             entries.append(EvalResult(
                 task_type="text-generation", task_name="Safety and over-refusal",
-                dataset_type="safer-instruct-eval", dataset_name=f"safer-instruct {SET_TITLES.get(set_name, set_name)}",
-                dataset_config=set_name, dataset_split="test",
+                dataset_type=set_ids.get(set_name, LOCAL_EVAL_TYPE),
+                dataset_name=f"safer-instruct {SET_TITLES.get(set_name, set_name)}",
+                dataset_config=eval_config(set_name, set_ids.get(set_name), eval_dataset_id), dataset_split="test",
                 metric_type=f"{key}_rate", metric_name=metric, metric_value=round(value, 4),
                 metric_config=results.get("harmless_by") if key == "harmless" else "refusal detector",
 
@@ -116,8 +154,10 @@ def eval_results_for(results: dict[str, Any], model: str) -> list[EvalResult]:
     if helpfulness.get("model") == model and win is not None:
         entries.append(EvalResult(
             task_type="text-generation", task_name="Helpfulness (pairwise, judged)",
-            dataset_type="safer-instruct-eval", dataset_name=f"safer-instruct {SET_TITLES.get(helpfulness.get('set'), helpfulness.get('set'))}",
-            dataset_config=helpfulness.get("set"), dataset_split="test",
+            dataset_type=set_ids.get(helpfulness.get("set"), LOCAL_EVAL_TYPE),
+            dataset_name=f"safer-instruct {SET_TITLES.get(helpfulness.get('set'), helpfulness.get('set'))}",
+            dataset_config=eval_config(helpfulness.get("set"), set_ids.get(helpfulness.get("set")), eval_dataset_id),
+            dataset_split="test",
             metric_type="win_rate", metric_name=f"win rate against {helpfulness.get('baseline')}",
             metric_value=round(win, 4),
         ))
@@ -127,8 +167,8 @@ def eval_results_for(results: dict[str, Any], model: str) -> list[EvalResult]:
 def _model_card(repo_id: str, base_id: str, folder: Path, *, is_adapter: bool, has_merged: bool,
                 dataset_id: str | None, results: dict[str, Any] | None, eval_model: str, metrics: dict[str, Any],
                 adapter_config: dict[str, Any], recipe: dict[str, Any] | None, license: str,
-                dequantized: bool) -> ModelCard:
-    eval_entries = eval_results_for(results, eval_model) if results else []
+                dequantized: bool, eval_dataset_id: str | None) -> ModelCard:
+    eval_entries = eval_results_for(results, eval_model, eval_dataset_id) if results else []
     card_data = ModelCardData(
         base_model=base_id,
         datasets=[dataset_id] if dataset_id else None,
@@ -162,6 +202,9 @@ def _model_card(repo_id: str, base_id: str, folder: Path, *, is_adapter: bool, h
         training_results=_training_results(metrics),
         has_curves=(folder / "curves.png").is_file(),
         eval_table=_eval_table(results) if results else None,
+        has_eval_chart=(folder / EVAL_CHART).is_file(),
+        eval_chart=EVAL_CHART,
+        eval_sets=_eval_sets(results, eval_dataset_id) if results else None,
         eval_model=eval_model if eval_entries else None,
         harmless_by=(results or {}).get("harmless_by"),
         helpfulness=(results or {}).get("helpfulness"),
@@ -186,6 +229,23 @@ def _training_results(metrics: dict[str, Any]) -> str | None:
     return markdown_table(["metric", "first logged step", "last logged step / run"], rows) if rows else None
 
 
+def _eval_sets(results: dict[str, Any], eval_dataset_id: str | None) -> str | None:
+    """Where each prompt set comes from: its Hub dataset (linked) or the kit's file."""
+    configured = (results.get("config") or {}).get("sets") or {}
+    sets = results.get("sets") or {}
+    rows = []
+    for name, dataset in eval_set_ids(results, eval_dataset_id).items():
+        path = (configured.get(name) or {}).get("path")
+        kind = (sets.get(name) or {}).get("kind") or name
+        if dataset != LOCAL_EVAL_TYPE:
+            config = eval_config(name, dataset, eval_dataset_id)
+            where = f"[`{dataset}`](https://huggingface.co/datasets/{dataset})" + (f", config `{config}`" if config != name else "")
+        else:
+            where = f"`{path}`" if path else f"shipped with the kit: `safer_instruct/evaluate/data/{kind}.jsonl`"
+        rows.append((SET_TITLES.get(name, name), (sets.get(name) or {}).get("n"), where))
+    return markdown_table(["prompt set", "n", "dataset"], rows) if rows else None
+
+
 def _eval_table(results: dict[str, Any]) -> str | None:
     rows = []
     for model, sets in (results.get("models") or {}).items():
@@ -197,21 +257,44 @@ def _eval_table(results: dict[str, Any]) -> str | None:
     return markdown_table(["model", "prompt set", "n", "harmless", "refused"], rows)
 
 
-def _copy_layout(checkpoint: Path, merged: Path | None, folder: Path) -> Path:
-    """An adapter alone goes at the root; with merged weights, those go at the root and the adapter in ``adapter/``.
+def _copy_layout(checkpoint: Path, merged: Path | None, folder: Path, merge: bool) -> Path:
+    """Merged weights at the root and the adapter in ``adapter/``; without merging, the adapter at the root.
 
-    (Transformers follows a root ``adapter_config.json`` even when asked for a subfolder, so the merged
-    weights cannot sit in a subfolder next to a root adapter.) Returns the adapter folder.
+    The merged weights are the checkpoint's ``merged/``, else merged here. (Transformers follows a root
+    ``adapter_config.json`` even when asked for a subfolder, so the merged weights cannot sit in a
+    subfolder next to a root adapter.) Returns the adapter folder.
     """
-    if merged is None:
+    if merged is None and not merge:
         _copy_weights(checkpoint, folder)
         return folder
-    _copy_weights(merged, folder)
+    if merged is None:
+        merge_adapter(checkpoint, folder)
+    else:
+        _copy_weights(merged, folder)
     _copy_weights(checkpoint, folder / ADAPTER_SUBFOLDER)
     for name in REPORT_FILES:
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, folder / name)
     return folder / ADAPTER_SUBFOLDER
+
+
+def merge_adapter(adapter_dir: Path, target: Path) -> Path:
+    """The adapter's base (the local model it was trained on) with the adapter merged in, saved with the tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safer_instruct.training.modeling import locate
+
+    source = locate(str(adapter_dir))
+    try:
+        base = AutoModelForCausalLM.from_pretrained(source.base, dtype="auto")
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    except (OSError, ValueError) as err:
+        raise SaferInstructError(f"{adapter_dir}: cannot merge the adapter into its base {source.base}: {err}") from err
+    model.save_pretrained(target)
+    tokenizer_source = adapter_dir if (adapter_dir / TOKENIZER_FILE).is_file() else source.base
+    AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(target)
+    return target
 
 
 def _copy_weights(source: Path, target: Path) -> None:
@@ -240,7 +323,10 @@ def _read_recipe(recipe: str | Path | None) -> dict[str, Any] | None:
     path = Path(recipe)
     if not path.is_file():
         raise SaferInstructError(f"{path}: recipe not found")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SaferInstructError(f"{path}: the recipe is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SaferInstructError(f"{path}: a recipe is a YAML mapping")
     return data

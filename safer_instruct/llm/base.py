@@ -14,8 +14,14 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Sequence, Union
 
+from safer_instruct.errors import SaferInstructError
+
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]  # a raw text prompt, or chat messages
+
+
+class Unsupported(SaferInstructError):
+    """A backend cannot do what is asked of it (e.g. score given text): no retry would fare better."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ class LLM(ABC):
 
     def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
         """log P(continuation | prompt) for each pair, the continuation read as the answer's start."""
-        raise NotImplementedError(f"the {self.backend} backend cannot score given text; use a local model")
+        raise Unsupported(f"the {self.backend} backend cannot score given text; use a local model")
 
     def close(self) -> None:
         """Free resources (models, connections)."""

@@ -11,27 +11,40 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from safer_instruct.errors import SaferInstructError
+from safer_instruct.errors import DamagedFileError
 from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Prompt, SamplingParams, check_labels
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
 
 
+HASHED_BYTES = 128 * 2**20  # LoRA adapters and configs; full weights go by size and mtime
+
+
 def model_fingerprint(path: str) -> str:
-    """Sizes and mtimes of a local model folder's weight files: retrained weights change the key."""
+    """Names, sizes and mtimes of a local model folder's weight files, and the content of the small ones (adapters):
+    retrained weights change the key, and two checkpoints saved in the same second never share one."""
     folder = Path(path)
     if not folder.is_dir():
         return path
     stats = sorted(
-        (f.name, f.stat().st_size, int(f.stat().st_mtime))
+        (f.name, f.stat().st_size, int(f.stat().st_mtime), _content_hash(f) if f.stat().st_size <= HASHED_BYTES else "")
         for f in folder.iterdir()
         if f.suffix in {".safetensors", ".bin", ".json"}
     )
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def _content_hash(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class ResponseCache:
@@ -41,20 +54,29 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        try:
+        with self._readable():
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(SCHEMA)
             self._db.execute("SELECT count(*) FROM responses").fetchone()
+
+    @contextmanager
+    def _readable(self) -> Iterator[None]:
+        """A damaged database (at open or in any page read later) stops the run with the file and the way out."""
+        try:
+            yield
         except sqlite3.DatabaseError as err:
-            raise SaferInstructError(
-                f"{self.path}: the response cache is corrupt ({err}). Move it aside and rerun; "
-                "finished pipeline results live in the run's state.sqlite and are not affected."
-            ) from err
+            if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+                raise
+            raise DamagedFileError(
+                f"{self.path}: the response cache is corrupt ({err}). Delete it (or move it aside) and rerun; "
+                "finished pipeline results live in the run's state.sqlite and are not affected, "
+                "only answers not stored there are asked again."
+            ) from None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        with self._lock:
+        with self._lock, self._readable():
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
@@ -64,14 +86,14 @@ class ResponseCache:
 
     def put_many(self, items: dict[str, Any]) -> None:
         now = time.time()
-        with self._lock, self._db:
+        with self._lock, self._readable(), self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)",
                 [(key, json.dumps(value), now) for key, value in items.items()],
             )
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._readable():
             return self._db.execute("SELECT count(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:

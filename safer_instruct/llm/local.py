@@ -11,25 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from safer_instruct.config import LLMConfig
+from safer_instruct.device import configure_threads, pick_device, pick_dtype
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Prompt, SamplingParams, check_labels
 from safer_instruct.models import explain_load_failure, resolve_model
-
-
-def pick_device(requested: str) -> str:
-    """``auto`` means CUDA when present, else CPU."""
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(requested: str, device: str) -> torch.dtype:
-    """``auto``: bfloat16 on a GPU that supports it, float32 otherwise (fastest on CPU)."""
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def adapter_base(adapter_dir: str) -> str:
@@ -51,6 +36,7 @@ def load_model_and_tokenizer(config: LLMConfig):
         adapter, model_path = model_path, resolve_model(adapter_base(model_path))
     device = pick_device(config.device)
     dtype = pick_dtype(config.dtype, device)
+    configure_threads()
     kwargs: dict = {"dtype": dtype}
     if config.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(

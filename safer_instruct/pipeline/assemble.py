@@ -20,7 +20,7 @@ from safer_instruct.pipeline.store import ItemResult
 
 STAGE = "assemble"
 DATASET_DIR = "dataset"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 HELPFULNESS = "helpfulness"
 
 
@@ -78,7 +78,7 @@ def assemble(safety: list[dict[str, Any]], helpful: list[dict[str, Any] | None],
     seen: set[str] = set()
     kept_safety = 0
     for seq, row in enumerate(safety):
-        result = _check(row, seq, row["category"], decontaminator, seen)
+        result = _check(row, seq, row["category"] if row else "unlabelled", decontaminator, seen, f"released-{seq}")
         kept_safety += bool(result.outputs)
         results.append(result)
     wanted = math.floor(ratio * kept_safety + 0.5)
@@ -104,46 +104,71 @@ def _check(row: dict[str, Any] | None, seq: int, category: str, decontaminator: 
     return result
 
 
-def split_rows(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """A deterministic split, per kind (so the safety:helpfulness mix holds in both splits)."""
+def split_rows(rows: list[dict[str, Any]], test_fraction: float, seed: int,
+               validation_fraction: float = 0.0) -> dict[str, list[dict[str, Any]]]:
+    """A deterministic split, per kind (so the safety:helpfulness mix holds in every split).
+
+    ``validation`` is for choosing settings and checkpoints, ``test`` for a held-out loss; neither is trained on.
+    """
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
     for kind in sorted({row["kind"] for row in rows}):
         group = sorted((row for row in rows if row["kind"] == kind), key=lambda row: _order(row["id"], seed))
-        n_test = round(test_fraction * len(group))
-        if test_fraction > 0 and len(group) >= 2:
-            n_test = max(1, n_test)
+        n_test = min(_held_out(test_fraction, len(group)), len(group) - 1)  # training keeps at least one row
+        n_validation = min(_held_out(validation_fraction, len(group)), len(group) - 1 - n_test)
         splits["test"].extend(group[:n_test])
-        splits["train"].extend(group[n_test:])
+        splits["validation"].extend(group[n_test : n_test + n_validation])
+        splits["train"].extend(group[n_test + n_validation :])
     for name in SPLITS:
         splits[name].sort(key=lambda row: _order(row["id"], seed))
     return splits
 
 
+def _held_out(fraction: float, size: int) -> int:
+    """Rows a held-out split takes from a group: at least one when asked for and the group has two or more."""
+    if fraction <= 0 or size < 2:
+        return 0
+    return max(1, round(fraction * size))
+
+
 def write_dataset(rows: list[dict[str, Any]], run_dir: str | Path, config: AssembleConfig, seed: int) -> dict[str, int]:
-    """Write ``<run>/dataset/<split>-00000-of-00001.parquet`` (replacing earlier files); returns rows per split.
+    """Write ``<run>/dataset/<split>-00000-of-00001.parquet`` (replacing earlier files); returns rows per written split.
 
-    A split with no rows gets no file (a parquet file without rows cannot be loaded as a split).
+    A split with no rows gets no file (a parquet file without rows cannot be loaded as a split) and no count.
     """
-    from datasets import Dataset
-
     out = Path(run_dir) / DATASET_DIR
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for name, split in split_rows(rows, config.test_fraction, seed).items():
+    for name, split in split_rows(rows, config.test_fraction, seed, config.validation_fraction).items():
         target = out / f"{name}-00000-of-00001.parquet"
-        counts[name] = len(split)
         if not split:
             target.unlink(missing_ok=True)
             continue
+        counts[name] = len(split)
         partial = target.with_suffix(".parquet.partial")
-        columns = features()
-        Dataset.from_dict({name: [row[name] for row in split] for name in columns}, features=columns).to_parquet(str(partial))
+        write_parquet(split, partial)
         partial.replace(target)
     if config.export_csv:
         from safer_instruct.pipeline.released import export_released
 
         export_released(rows, out / "safer_instruct.csv")
     return counts
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path, chunk: int = 2000) -> None:
+    """Rows to one parquet file with the preference features (and their Hub metadata), a row group per ``chunk`` rows.
+
+    Converted a chunk at a time, the file costs little memory beyond the rows themselves (a whole-split
+    ``Dataset.from_dict`` held about 2.5x the rows' own size on top of them).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = features()
+    schema = columns.arrow_schema
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for start in range(0, len(rows), chunk):
+            part = [{name: row[name] for name in columns} for row in rows[start : start + chunk]]
+            writer.write_table(pa.Table.from_pylist(part, schema=schema))
 
 
 def load_preferences(run_dir: str | Path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.pipeline.clean import Decontaminator, NearDuplicates, exact_key, normalise, scrub_pii
@@ -52,9 +52,13 @@ def source_digest(source: SourceConfig) -> str:
 
 def collect(responses: list[RawResponse], clean: CleanConfig, decontaminator: Decontaminator) -> list[ItemResult]:
     """Clean every response; each becomes one result: kept (one output record) or dropped with a reason."""
+    return list(iter_collect(responses, clean, decontaminator))
+
+
+def iter_collect(responses: list[RawResponse], clean: CleanConfig, decontaminator: Decontaminator) -> Iterator[ItemResult]:
+    """``collect``, one result at a time (a build stores them in chunks: memory stays flat)."""
     exact: set[str] = set()
     near = NearDuplicates(clean.near_duplicate_threshold, clean.shingle_chars)
-    results = []
     for seq, raw in enumerate(responses):
         key = stable_id(raw.source, raw.source_id)
         text = normalise(raw.text)
@@ -69,8 +73,7 @@ def collect(responses: list[RawResponse], clean: CleanConfig, decontaminator: De
         else:
             record: dict[str, Any] = {"key": key, "source": raw.source, "source_id": raw.source_id, "category": raw.category, "response": text}
             result.outputs.append(with_stage(record, STAGE, {}, {"pii_scrubbed": pii}))
-        results.append(result)
-    return results
+        yield result
 
 
 def _drop_reason(text: str, clean: CleanConfig, decontaminator: Decontaminator, exact: set[str], near: NearDuplicates, key: str) -> str | None:

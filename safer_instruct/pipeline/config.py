@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from safer_instruct.config import LLMConfig, SamplingConfig, StrictModel, load_config
 
@@ -60,10 +62,24 @@ class ReverseTrainConfig(StrictModel):
 
 
 class ReverseModelConfig(StrictModel):
-    """Either train a reversed model (``train``) or load the one ``llm.model``/``llm.adapter`` names."""
+    """Train a reversed model (``train``), take an already trained one (``path``), or the one ``llm.model``/``llm.adapter`` names.
+
+    ``path`` is a folder that ``training/reverse_sft.py`` wrote (full weights or a LoRA adapter). With the
+    local backend, induce loads it; with the openai backend, a server (e.g. vLLM) serves it as ``llm.model``,
+    and ``path`` identifies the weights, so retrained weights redo induce.
+    """
 
     train: ReverseTrainConfig | None = None
+    path: str | None = None
     llm: LLMConfig = Field(default_factory=LLMConfig)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "ReverseModelConfig":
+        if self.train and self.path:
+            raise ValueError("give either `train` (train a reversed model) or `path` (a trained one), not both")
+        if self.path and self.llm.backend == "local" and (self.llm.model != "default" or self.llm.adapter):
+            raise ValueError("with `path`, the local backend loads that folder: leave `llm.model` and `llm.adapter` unset")
+        return self
 
 
 class InduceConfig(StrictModel):
@@ -171,7 +187,14 @@ class AssembleConfig(StrictModel):
     """Split and export."""
 
     test_fraction: float = Field(0.1, ge=0, lt=1)
+    validation_fraction: float = Field(0.0, ge=0, lt=1)  # held out to choose settings/checkpoints (never the eval sets)
     export_csv: bool = True  # also write dataset/safer_instruct.csv in the released layout
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> "AssembleConfig":
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError("test_fraction + validation_fraction must leave rows to train on (sum < 1)")
+        return self
 
 
 class PipelineConfig(StrictModel):
@@ -194,6 +217,15 @@ class PipelineConfig(StrictModel):
     released: list[ReleasedConfig] = Field(default_factory=list)
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        """The run goes to ``runs/<name>``: a plain folder name, never a path out of ``runs/``."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+            raise ValueError("a plain folder name (letters, digits, '.', '_' and '-'; no '/' and not starting with '.'): "
+                             "the run goes to runs/<name>; use --run-dir for another place")
+        return name
+
     @model_validator(mode="after")
     def _has_input(self) -> "PipelineConfig":
         if not self.sources and not self.released:
@@ -201,9 +233,11 @@ class PipelineConfig(StrictModel):
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique: {names}")
-        if self.filter.response_match and self.judge.backend != "local":
-            raise ValueError("filter.response_match scores responses with the judge's own log-probabilities: "
-                             "it needs `judge.backend: local`")
+        if self.filter.response_match and self.judge.backend == "openai" and any(
+                url is None or urlparse(url).hostname == "api.openai.com" for url in self.judge.base_urls):
+            raise ValueError("filter.response_match scores responses with the judge's own log-probabilities, which the "
+                             "OpenAI API does not return: serve the judge with vLLM or SGLang (`judge.base_url`) "
+                             "or use `judge.backend: local`")
         return self
 
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from safer_instruct.llm import LLM, Decision
+from safer_instruct.llm import LLM, Decision, Unsupported
 from safer_instruct.pipeline.config import FilterConfig, ResponseMatchConfig
 from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
@@ -96,7 +96,10 @@ def response_match(llm: LLM, config: FilterConfig, records: Sequence[dict[str, A
     if config.response_match is None:
         return None
     settings = config.response_match
-    gains = response_gains(llm, settings, records)
+    try:
+        gains = response_gains(llm, settings, records)
+    except Unsupported as err:
+        raise Unsupported(f"filter.response_match scores text with the judge (section `judge`): {err}") from None
     by_response: dict[str, list[str]] = defaultdict(list)
     for record in records:
         by_response[record["response"]].append(record["key"])

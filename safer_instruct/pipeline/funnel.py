@@ -5,6 +5,7 @@ Saved as ``dataset/funnel.json`` and ``dataset/funnel.png``; printed as a rich t
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ def stage_summary(store: RunStore, stage: str) -> dict[str, Any]:
     """Counts for one stage, overall and per category, with its time and usage."""
     record = store.stage(stage)
     per_category: dict[str, dict[str, Any]] = {}
-    for result in store.results(stage):
+    for result in store.iter_results(stage):
         entry = per_category.setdefault(result.category, {"in": 0, "out": 0, "failed": 0, "dropped": Counter()})
         entry["in"] += 1
         if result.error:
@@ -45,7 +46,7 @@ def stage_summary(store: RunStore, stage: str) -> dict[str, Any]:
 
 def errors(store: RunStore, stage: str, limit: int = 5) -> list[str]:
     """The first few item errors of a stage (for the report)."""
-    return [f"{r.key}: {r.error}" for r in store.results(stage) if r.error][:limit]
+    return [f"{r.key}: {r.error}" for r in itertools.islice((r for r in store.iter_results(stage) if r.error), limit)]
 
 
 def build_funnel(store: RunStore, stages: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from safer_instruct.config import LLMConfig
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.llm.cache import model_fingerprint
 from safer_instruct.pipeline.config import ReverseModelConfig
 from safer_instruct.pipeline.store import RunStore
 
@@ -16,7 +17,14 @@ MARKER = ".pipeline_fingerprint"
 
 
 def check(config: ReverseModelConfig) -> None:
-    """Fail before any model time when the training data or recipe is missing."""
+    """Fail before any model time when the trained model, the training data or the recipe is missing."""
+    if config.path:
+        folder = Path(config.path).expanduser()
+        if not folder.is_dir():
+            raise SaferInstructError(f"reverse_model.path: {config.path}: no such folder")
+        if not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
+            raise SaferInstructError(f"reverse_model.path: {config.path}: not a trained model "
+                                     "(no config.json or adapter_config.json; training/reverse_sft.py writes them)")
     train = config.train
     if train is None:
         return
@@ -29,6 +37,8 @@ def check(config: ReverseModelConfig) -> None:
 
 def reverse_llm(config: ReverseModelConfig, run_dir: Path, store: RunStore, fingerprint: str) -> LLMConfig:
     """The LLM config induce uses; trains the model into ``<run>/models/reverse`` first when asked."""
+    if config.path and config.llm.backend == "local":
+        return config.llm.model_copy(update={"model": str(Path(config.path).expanduser())})
     if config.train is None:
         return config.llm
     record = store.open_stage(STAGE, fingerprint)
@@ -46,3 +56,10 @@ def reverse_llm(config: ReverseModelConfig, run_dir: Path, store: RunStore, fing
         info = {"model": str(result.output_dir), "train_loss": result.metrics.get("summary", {}).get("train_loss")}
         store.finish_stage(STAGE, True, info)
     return config.llm.model_copy(update={"model": store.stage(STAGE).info["model"], "adapter": None})
+
+
+def served_weights(config: ReverseModelConfig) -> list[str]:
+    """A fingerprint of ``path``'s weights when a server runs them (the local backend fingerprints its own folder)."""
+    if config.path and config.llm.backend != "local":
+        return [model_fingerprint(str(Path(config.path).expanduser()))]
+    return []

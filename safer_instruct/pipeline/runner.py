@@ -8,16 +8,20 @@ samples, exactly as an uninterrupted one) and commits each batch's results to ``
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
 from safer_instruct.config import LLMConfig, dump_config
-from safer_instruct.llm import LLM, make_llm
+from safer_instruct.errors import DamagedFileError, SaferInstructError
+from safer_instruct.llm import LLM, Unsupported, make_llm
+from safer_instruct.llm.batch import BatchLedger
 from safer_instruct.llm.cache import model_fingerprint
 from safer_instruct.pipeline import assemble as assemble_stage
 from safer_instruct.pipeline import collect as collect_stage
@@ -32,11 +36,13 @@ from safer_instruct.pipeline.funnel import build_funnel, funnel_table, write_fun
 from safer_instruct.pipeline.records import fingerprint
 from safer_instruct.pipeline.released import import_released
 from safer_instruct.pipeline.sources import file_digest, read_hub, read_rows, text_field
-from safer_instruct.pipeline.store import ItemResult, RunStore
+from safer_instruct.pipeline.store import ItemResult, RunStore, run_lock
 from safer_instruct.prompts import load_template
 
 log = logging.getLogger(__name__)
 ITEM_STAGES = ("collect", "induce", "filter", "respond", "self_evaluate", "assemble")
+MODEL_STAGES = ITEM_STAGES[1:-1]
+COLLECT_CHUNK = 5000  # collect's results per committed write
 Batch = list[tuple[int, dict[str, Any]]]
 
 
@@ -54,12 +60,13 @@ class Inputs:
 
 @dataclass
 class BuildResult:
-    """Where the dataset went, its split sizes and the funnel document."""
+    """Where the dataset went, its split sizes and the funnel document; ``problem`` when nothing usable came out."""
 
     run_dir: Path
     dataset_dir: Path
     splits: dict[str, int]
     funnel: dict[str, Any]
+    problem: str | None = None
 
 
 class TimedLLM:
@@ -95,6 +102,7 @@ class Models:
 
     run_dir: Path
     cache_path: Path
+    ledger: BatchLedger | None = None  # where Batch API ids are kept (the run state)
     loaded: dict[str, TimedLLM] = field(default_factory=dict)
     load_s: float = 0.0
 
@@ -102,13 +110,20 @@ class Models:
         key = config.model_dump_json()
         if key not in self.loaded:
             start = time.perf_counter()
-            self.loaded[key] = TimedLLM(make_llm(config, cache=self.cache_path), display_id(config, self.run_dir))
+            self.loaded[key] = TimedLLM(make_llm(config, cache=self.cache_path, ledger=self.ledger), display_id(config, self.run_dir))
             self.load_s += time.perf_counter() - start
         return self.loaded[key]
 
     def close(self) -> None:
         for timed in self.loaded.values():
             timed.llm.close()
+
+
+def positioned_batches(records: Iterable[dict[str, Any]], size: int) -> Iterator[Batch]:
+    """``(seq, record)`` batches of ``size`` by input position, so a resumed run batches as an uninterrupted one."""
+    numbered = enumerate(records)
+    while chunk := list(itertools.islice(numbered, size)):
+        yield chunk
 
 
 def display_id(config: LLMConfig, run_dir: Path) -> str:
@@ -163,7 +178,7 @@ class Build:
     def __init__(self, config: PipelineConfig, run_dir: Path) -> None:
         self.config, self.run_dir = config, run_dir
         self.store = RunStore(run_dir / "state.sqlite")
-        self.models = Models(run_dir.resolve(), run_dir / "cache.sqlite")
+        self.models = Models(run_dir.resolve(), run_dir / "cache.sqlite", ledger=self.store)
 
     def close(self) -> None:
         self.models.close()
@@ -180,7 +195,7 @@ class Build:
         train_s = time.perf_counter() - start if config.reverse_model.train else 0.0
         if config.reverse_model.train:
             self.store.add_cost(reverse_stage.STAGE, train_s, 0.0, 0.0, {})
-        fp = fingerprint(fp, "induce", llm_identity(reverse_llm), config.induce.model_dump())
+        fp = fingerprint(fp, "induce", llm_identity(reverse_llm), config.induce.model_dump(), *reverse_stage.served_weights(config.reverse_model))
         self._model_stage("induce", fp, "collect", reverse_llm,
                           lambda b, llm: induce_stage.process(b, llm, config.induce, inputs.decontaminator, llm.model_id))
         fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha,
@@ -205,28 +220,35 @@ class Build:
     def _collect(self, fp: str, inputs: Inputs) -> None:
         start = time.perf_counter()
         if not self.store.open_stage(collect_stage.STAGE, fp).complete:
-            results = collect_stage.collect(inputs.responses, self.config.clean, inputs.decontaminator)
-            self.store.record(collect_stage.STAGE, results)
+            results = collect_stage.iter_collect(inputs.responses, self.config.clean, inputs.decontaminator)
+            while chunk := list(itertools.islice(results, COLLECT_CHUNK)):  # stored as they come: memory stays flat
+                self.store.record(collect_stage.STAGE, chunk)
             self.store.add_cost(collect_stage.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
             self.store.finish_stage(collect_stage.STAGE, True)
 
     def _model_stage(self, name: str, fp: str, upstream: str, llm_config: LLMConfig, process: Callable[[Batch, TimedLLM], list[ItemResult]]) -> None:
         """Run ``process`` over the upstream outputs not yet done, one committed batch at a time."""
         self.store.open_stage(name, fp)
-        inputs = list(enumerate(self.store.outputs(upstream)))
         done = self.store.done_keys(name)
-        size = self.config.batch_size
-        pending = [[(s, r) for s, r in inputs[i : i + size] if r["key"] not in done] for i in range(0, len(inputs), size)]
-        pending = [batch for batch in pending if batch]
+        size = sys.maxsize if llm_config.batch_api else self.config.batch_size  # the Batch API: one batch per stage
         start, load_before = time.perf_counter(), self.models.load_s
         llm: TimedLLM | None = None
         model_before, usage_before = 0.0, {}
-        for batch in tqdm(pending, desc=f"{name} ({len(inputs)} items)", unit="batch", disable=not pending):
+        total = 0
+        progress = tqdm(desc=name, unit="item", disable=None)
+        for chunk in positioned_batches(self.store.iter_outputs(upstream), size):  # read as it goes: memory stays flat
+            total += len(chunk)
+            progress.update(len(chunk))
+            batch = [(s, r) for s, r in chunk if r["key"] not in done]
+            if not batch:
+                continue
             if llm is None:
                 llm = self.models.get(llm_config)
                 model_before, usage_before = llm.seconds, llm.usage
             try:
                 results = process(batch, llm)
+            except (DamagedFileError, Unsupported):
+                raise  # a damaged cache, or a model that cannot do what the config asks: the run stops, saying why
             except Exception as err:  # a model error fails the batch's items, kept and retried next run; the run goes on
                 log.warning("%s: batch failed: %s", name, err, exc_info=log.isEnabledFor(logging.DEBUG))
                 results = [ItemResult(r["key"], s, r["category"], error=f"{type(err).__name__}: {err}") for s, r in batch]
@@ -236,8 +258,9 @@ class Build:
             usage = {llm.model_id: {k: v - usage_before.get(k, 0) for k, v in llm.usage.items()}}
         model_s = llm.seconds - model_before if llm else 0.0
         self.store.add_cost(name, time.perf_counter() - start, model_s, self.models.load_s - load_before, usage)
-        failed = any(result.error for result in self.store.results(name))
-        self.store.finish_stage(name, not failed and len(self.store.results(name)) == len(inputs))
+        progress.close()
+        stored, failed = self.store.counts(name)
+        self.store.finish_stage(name, not failed and stored == total)
 
     def _assemble(self, fp: str, inputs: Inputs) -> BuildResult:
         start = time.perf_counter()
@@ -246,6 +269,7 @@ class Build:
             ratio = self.config.helpfulness.ratio if self.config.helpfulness else 0.0
             results = assemble_stage.assemble(safety, inputs.helpfulness, ratio, self.config.seed, inputs.decontaminator)
             self.store.record(assemble_stage.STAGE, results)
+            del safety, results  # the rows are read back below: two copies at once would double the peak memory
             self.store.add_cost(assemble_stage.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
             upstream_complete = all(self.store.stage(s).complete for s in ITEM_STAGES[:-1])
             self.store.finish_stage(assemble_stage.STAGE, upstream_complete)
@@ -264,18 +288,36 @@ def build(config: PipelineConfig, run_dir: str | Path | None = None, console=Non
     """Run (or resume) the whole pipeline into ``run_dir`` (default ``runs/<config.name>``)."""
     run_dir = Path(run_dir or Path("runs") / config.name)
     inputs = read_inputs(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SaferInstructError(f"{run_dir}: exists and is not a folder; choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
-    runner = Build(config, run_dir)
-    try:
-        result = runner.run(inputs)
-    finally:
-        runner.close()
+    with run_lock(run_dir):
+        runner = Build(config, run_dir)  # a damaged state.sqlite stops here, before anything is written
+        try:
+            dump_config(config, run_dir / "config.yaml")
+            result = runner.run(inputs)
+        finally:
+            runner.close()
+    result.problem = run_problem(result.funnel, result.dataset_dir)
     if console is not None:
         console.print(funnel_table(result.funnel))
         for stage, messages in result.funnel["failures"].items():
             console.print(f"[red]{stage}: {len(messages)} item(s) failed; rerun to retry them.[/] e.g. {messages[0]}")
     return result
+
+
+def run_problem(funnel: dict[str, Any], dataset_dir: Path) -> str | None:
+    """Why a finished build gave nothing usable: a model stage all of whose items failed, or an empty dataset."""
+    where = f"the funnel is in {dataset_dir / 'funnel.json'}"
+    for stage in MODEL_STAGES:
+        entry = funnel["stages"][stage]
+        if entry["in"] and entry["failed"] == entry["in"]:
+            example = funnel["failures"][stage][0].splitlines()[0]
+            return (f"every {stage} batch failed ({entry['failed']} items; e.g. {example}); fix the cause and rerun "
+                    f"to retry them ({where})")
+    if not sum(funnel["splits"].values()):
+        return f"the dataset is empty: no row was kept ({where})"
+    return None
 
 
 def build_from_file(config_path: str | Path, run_dir: str | Path | None = None, overrides: Sequence[str] = (), console=None) -> BuildResult:

@@ -3,17 +3,24 @@
 An item is ``done`` (with its outputs and drop reasons) or ``failed`` (with its error; retried on the
 next run). A stage's fingerprint chains the settings of every stage up to it: when it changes, that
 stage's rows are cleared and recomputed (the response cache makes unchanged model calls free).
+One build at a time holds a run directory (``run_lock``); a damaged store stops the run before anything
+in the run directory is written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from safer_instruct.errors import SaferInstructError
+from safer_instruct.errors import DamagedFileError, SaferInstructError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
@@ -26,8 +33,38 @@ CREATE TABLE IF NOT EXISTS items (
     status TEXT NOT NULL, outputs TEXT NOT NULL, drops TEXT NOT NULL, error TEXT,
     PRIMARY KEY (stage, key)
 );
+CREATE INDEX IF NOT EXISTS items_in_order ON items (stage, seq, key);
+CREATE TABLE IF NOT EXISTS batches (request_sha TEXT PRIMARY KEY, batch_id TEXT NOT NULL);
 """
+PAGE = 1000  # results read per query when a stage is walked in order
 USAGE_KEYS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
+LOCK_FILE = "build.lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run>/build.lock`` for one build; a second build of the same run dir is refused, naming the holder.
+
+    The lock is the operating system's (``flock``): it goes with the process, so a killed build leaves none behind.
+    """
+    handle = (run_dir / LOCK_FILE).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = "; ".join(handle.read().split("\n")).strip("; ") or "a process that is just starting"
+        handle.close()
+        raise SaferInstructError(f"{run_dir}: another build is running in this run dir ({holder}); "
+                                 "wait for it to finish, or use another --run-dir") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 @dataclass
@@ -68,10 +105,20 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=30)
+            damage = [row[0] for row in self.db.execute("PRAGMA quick_check")]  # every page, before any write
+            if damage != ["ok"]:
+                raise sqlite3.DatabaseError(damage[0])
             self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses no committed batch; no fsync per commit
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:
-            raise SaferInstructError(f"{self.path}: the run state is unreadable ({err}); use a new --run-dir") from err
+            if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+                raise
+            raise DamagedFileError(
+                f"{self.path}: the run state is unreadable, the file is damaged ({err}); move it aside "
+                f"(mv {self.path} {self.path}.damaged) and rerun: the run starts over, with the model answers "
+                "it already has served from cache.sqlite"
+            ) from None
 
     def close(self) -> None:
         self.db.close()
@@ -132,11 +179,42 @@ class RunStore:
 
     def results(self, stage: str) -> list[ItemResult]:
         """Every stored result of a stage, in input order."""
-        rows = self.db.execute(
-            "SELECT key, seq, category, outputs, drops, error FROM items WHERE stage = ? ORDER BY seq, key", (stage,)
-        )
-        return [ItemResult(k, s, c, json.loads(o), json.loads(d), e) for k, s, c, o, d, e in rows]
+        return list(self.iter_results(stage))
+
+    def iter_results(self, stage: str) -> Iterator[ItemResult]:
+        """Every stored result of a stage, in input order, read a page at a time: memory stays flat, and
+        writes may come between pages (no query stays open across them)."""
+        after: tuple[int, str] = (-1, "")
+        while rows := self.db.execute(
+            "SELECT key, seq, category, outputs, drops, error FROM items WHERE stage = ? AND (seq, key) > (?, ?) "
+            "ORDER BY seq, key LIMIT ?", (stage, *after, PAGE)
+        ).fetchall():
+            yield from (ItemResult(k, s, c, json.loads(o), json.loads(d), e) for k, s, c, o, d, e in rows)
+            after = (rows[-1][1], rows[-1][0])
 
     def outputs(self, stage: str) -> list[dict[str, Any]]:
         """The records a stage passed on, in input order (the next stage's input)."""
-        return [record for result in self.results(stage) if not result.error for record in result.outputs]
+        return list(self.iter_outputs(stage))
+
+    def iter_outputs(self, stage: str) -> Iterator[dict[str, Any]]:
+        """``outputs``, a page at a time."""
+        return (record for result in self.iter_results(stage) if not result.error for record in result.outputs)
+
+    def counts(self, stage: str) -> tuple[int, int]:
+        """How many results a stage has stored, and how many of them failed."""
+        total, failed = self.db.execute(
+            "SELECT count(*), coalesce(sum(status = 'failed'), 0) FROM items WHERE stage = ?", (stage,)).fetchone()
+        return total, failed
+
+    # -- Batch API ids (the ledger an OpenAI backend with ``batch_api`` keeps them in) -------------
+    def batch_id(self, request_sha: str) -> str | None:
+        row = self.db.execute("SELECT batch_id FROM batches WHERE request_sha = ?", (request_sha,)).fetchone()
+        return row[0] if row else None
+
+    def remember(self, request_sha: str, batch_id: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO batches (request_sha, batch_id) VALUES (?, ?)", (request_sha, batch_id))
+
+    def forget(self, request_sha: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM batches WHERE request_sha = ?", (request_sha,))

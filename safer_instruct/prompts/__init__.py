@@ -3,6 +3,11 @@
 A template file (``<name>_v<N>.j2``) is a chat: each message starts with a line ``### system``,
 ``### user`` or ``### assistant``, so few-shot turns are written out in the file and the whole
 prompt can be shown as is in the dataset card.
+
+Values (source texts, induced instructions, answers) are data, never structure: the template is cut
+into its messages before they are filled in, so a ``### assistant`` line inside a value stays text
+in its message, and ``as_data`` breaks chat-template control markers (``<|im_start|>``, ``[INST]``,
+...) so that no tokenizer reads them as turn boundaries.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from safer_instruct.errors import SaferInstructError
 
 PROMPTS_DIR = Path(__file__).parent
 ROLE_LINE = re.compile(r"^### (system|user|assistant)[ \t]*$", re.MULTILINE)
+# control markers of common chat templates: ChatML / Llama 3 / Phi (<|...|>), Llama 2 ([INST], <<SYS>>, <s>), Gemma
+CONTROL_MARKER = re.compile(r"<\|[A-Za-z0-9_.:/-]{1,40}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>")
+ZERO_WIDTH_SPACE = "\u200b"
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
@@ -35,13 +43,25 @@ class PromptTemplate:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
 
     def render(self, **values: str) -> list[dict[str, str]]:
-        """The chat messages with ``values`` filled in."""
+        """The chat messages with ``values`` filled in as data: the messages are the template's own."""
+        parts = ROLE_LINE.split(self.text)
+        data = {key: as_data(value) if isinstance(value, str) else value for key, value in values.items()}
         try:
-            rendered = _ENV.from_string(self.text).render(**values)
+            return [{"role": role, "content": compiled(body).render(**data).strip()}
+                    for role, body in zip(parts[1::2], parts[2::2])]
         except jinja2.TemplateError as err:
             raise SaferInstructError(f"prompt template {self.path}: {type(err).__name__}: {err}") from err
-        parts = ROLE_LINE.split(rendered)
-        return [{"role": role, "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])]
+
+
+@lru_cache(maxsize=256)
+def compiled(body: str) -> jinja2.Template:
+    """A message body's compiled template: compiling costs ~100x rendering, and every item renders the same bodies."""
+    return _ENV.from_string(body)
+
+
+def as_data(text: str) -> str:
+    """``text`` with each chat-template control marker broken by a zero-width space: a tokenizer reads it as text."""
+    return CONTROL_MARKER.sub(lambda match: match.group(0)[0] + ZERO_WIDTH_SPACE + match.group(0)[1:], text)
 
 
 @lru_cache(maxsize=None)

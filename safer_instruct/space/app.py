@@ -7,6 +7,7 @@ the page's styles. ``spaces/compare/app.py`` and ``safer-instruct space`` both c
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 from functools import partial
@@ -135,7 +136,8 @@ class CompareApp:
             raise gr.Error(problem, title="Prompt not sent")
         headers = request.headers if request else {}
         host = request.client.host if request and request.client else None
-        key = client_key(host, headers.get("x-forwarded-for"), request.session_hash if request else None)
+        key = client_key(host, headers.get("x-forwarded-for"), request.session_hash if request else None,
+                         self.settings.proxy_hops())
         wait = self.throttle.wait_s(key)
         if wait:
             raise gr.Error(throttle_message(wait, self.settings.requests_per_minute), title="Slow down")
@@ -285,5 +287,11 @@ def build_app(settings: SpaceSettings | None = None, models: SpaceModels | None 
 
 
 def launch(app: gr.Blocks, **kwargs: Any):
-    """Serve the app with its styles; ``kwargs`` go to ``Blocks.launch`` (host, port, prevent_thread_lock...)."""
+    """Serve the app with its styles; ``kwargs`` go to ``Blocks.launch`` (host, port, prevent_thread_lock...).
+
+    Without a trusted proxy, uvicorn is told to trust none either (by default it takes X-Forwarded-For
+    from loopback peers as the client address), so the throttle sees each visitor's real peer address.
+    """
+    if not SpaceSettings.from_env().proxy_hops():
+        os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
     return app.launch(css=CSS, **kwargs)

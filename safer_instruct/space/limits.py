@@ -56,11 +56,15 @@ def prompt_problem(prompt: str, max_chars: int) -> str | None:
     return None
 
 
-def client_key(host: str | None, forwarded_for: str | None, session: str | None) -> str:
-    """Who is asking: the visitor's address (behind the Hub's proxy: the first X-Forwarded-For hop).
+def client_key(host: str | None, forwarded_for: str | None, session: str | None, trusted_proxy_hops: int = 0) -> str:
+    """Who is asking: the peer address, or behind ``trusted_proxy_hops`` proxies the address they recorded.
 
-    Without an address the browser session stands in. The key stays in memory, never in a log or vote.
+    Each proxy appends the address it saw to ``X-Forwarded-For``, so the visitor's address is the entry
+    ``trusted_proxy_hops`` from the right; anything left of it came from the visitor and is ignored. Without
+    a trusted proxy the header is ignored entirely (anyone can send it). Without an address the browser
+    session stands in. The key stays in memory, never in a log or vote.
     """
-    if forwarded_for and forwarded_for.split(",")[0].strip():
-        return forwarded_for.split(",")[0].strip()
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    if trusted_proxy_hops and hops:
+        return hops[-min(trusted_proxy_hops, len(hops))]
     return host or session or "anonymous"

@@ -23,6 +23,11 @@ MAKE_ALIGNED_HINT = (
 )
 
 
+def default_proxy_hops(environ: Mapping[str, str]) -> int:
+    """On a Hugging Face Space (``SPACE_ID`` set) the Hub's proxy is trusted; elsewhere no proxy is, unless configured."""
+    return 1 if environ.get("SPACE_ID") else 0
+
+
 class SpaceSettings(StrictModel):
     """Models, limits and vote storage of the comparison app."""
 
@@ -47,6 +52,8 @@ class SpaceSettings(StrictModel):
     queue_max_size: int = Field(32, ge=1)
     model_concurrency: int = Field(1, ge=1)  # requests each model serves at once
     examples_per_set: int = Field(6, ge=0)
+    # proxies in front of the app whose X-Forwarded-For entries are trusted; default 1 on Spaces (SPACE_ID set), else 0
+    trusted_proxy_hops: int | None = Field(None, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "SpaceSettings":
@@ -55,11 +62,16 @@ class SpaceSettings(StrictModel):
         data: dict[str, Any] = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper())}
         data.update({name: value for name, value in overrides.items() if value is not None})
         settings = validate(cls, data, "space settings (environment variables named as the fields, in upper case)")
+        if settings.trusted_proxy_hops is None:
+            settings = settings.model_copy(update={"trusted_proxy_hops": default_proxy_hops(environ)})
         if settings.aligned_model is None and settings.aligned_adapter:
             return settings.model_copy(update={"aligned_model": settings.base_model})
         if settings.aligned_model is None and Path(DEMO_ALIGNED).is_dir():
             return settings.model_copy(update={"aligned_model": DEMO_ALIGNED})
         return settings
+
+    def proxy_hops(self) -> int:
+        return self.trusted_proxy_hops or 0
 
     def base_llm(self) -> LLMConfig:
         return LLMConfig(model=self.base_model, adapter=self.base_adapter, load_in_4bit=self.load_in_4bit, batch_size=1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.prompts import as_data
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 def reverse_prompt(output: str) -> str:
-    """The paper's reversed prompt for one response."""
-    return REVERSE_TEMPLATE.format(output=output)
+    """The paper's reversed prompt for one response (its chat-template markers broken: the response is data)."""
+    return REVERSE_TEMPLATE.format(output=as_data(output))
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -246,13 +247,16 @@ def _check_renders(example: dict, tokenizer, where: str) -> None:
             ) from err
 
 
-def prepare_datasets(method: str, dataset_name: str, dataset_config: str | None, splits: dict[str, str], tokenizer):
-    """Load, check and shape the requested splits: ``{"train": "train", "eval": "test"}`` -> Datasets."""
+def prepare_datasets(method: str, dataset_name: str, dataset_config: str | None, splits: dict[str, str], tokenizer,
+                     loaded=None):
+    """Load, check and shape the requested splits: ``{"train": "train", "eval": "test"}`` -> Datasets.
+
+    ``loaded``: a DatasetDict loaded already (e.g. TRL's dataset mixture), named ``dataset_name`` in errors."""
     from datasets import Dataset
 
     if method not in METHODS:
         raise SaferInstructError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
-    loaded = load_splits(dataset_name, dataset_config)
+    loaded = load_splits(dataset_name, dataset_config) if loaded is None else loaded
     prepared = {}
     for role, split in splits.items():
         if split not in loaded:

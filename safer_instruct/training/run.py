@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from safer_instruct.device import configure_threads
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.training import modeling
 from safer_instruct.training.data import prepare_datasets
@@ -29,14 +30,18 @@ class TrainResult:
 
 def train(method: str, recipe: str | Path | dict[str, Any] | None, overrides: Sequence[str] = ()) -> TrainResult:
     """Train ``reverse-sft``, ``sft`` or ``dpo`` from a recipe (YAML path or dict) with ``--key value`` overrides."""
-    script_args, training_args, model_args = parse_recipe(method, recipe, overrides)
+    script_args, training_args, model_args, dataset_args = parse_recipe(method, recipe, overrides)
     _refuse_hub_push(training_args)
+    configure_threads()
+    if Path(training_args.output_dir).exists() and not Path(training_args.output_dir).is_dir():
+        raise SaferInstructError(f"--output_dir {training_args.output_dir}: exists and is not a folder; choose another")
     source = modeling.locate(model_args.model_name_or_path)
     tokenizer = modeling.load_tokenizer(source, script_args.chat_template_file)
     splits = {"train": script_args.dataset_train_split}
     if training_args.eval_strategy != "no":
         splits["eval"] = script_args.dataset_test_split
-    data = prepare_datasets(method, script_args.dataset_name, script_args.dataset_config, splits, tokenizer)
+    dataset_name, mixture = _dataset(script_args, dataset_args)
+    data = prepare_datasets(method, dataset_name, script_args.dataset_config, splits, tokenizer, loaded=mixture)
     with modeling.lm_head_tile(script_args.lm_head_chunk_size):
         trainer = _make_trainer(method, source, model_args, training_args, tokenizer, data)
         output_dir = Path(training_args.output_dir)
@@ -44,13 +49,14 @@ def train(method: str, recipe: str | Path | dict[str, Any] | None, overrides: Se
         reference = _reference_kind(method, trainer, training_args)
         trainer.train(resume_from_checkpoint=resume)
     _drop_reference_adapter(trainer.model)
+    _full_state_dict_for_saving(trainer)
     trainer.save_model(str(output_dir))
     info = {
         "method": method,
         "model": model_args.model_name_or_path,
         "base_model": source.base,
         "start_adapter": source.adapter,
-        "dataset": script_args.dataset_name,
+        "dataset": dataset_name,
         "train_rows": len(data["train"]),
         "peft": bool(model_args.use_peft),
         "load_in_4bit": bool(model_args.load_in_4bit),
@@ -68,6 +74,21 @@ def train(method: str, recipe: str | Path | dict[str, Any] | None, overrides: Se
             del trainer
             merged_dir = modeling.save_merged(output_dir, output_dir / "merged", tokenizer, model_args.dtype)
     return TrainResult(output_dir=output_dir, merged_dir=merged_dir, metrics=metrics)
+
+
+def _dataset(script_args, dataset_args) -> tuple[str, Any]:
+    """The dataset's name, and TRL's dataset mixture loaded when the recipe has ``datasets:`` (it wins, as in TRL)."""
+    if not dataset_args.datasets:
+        return script_args.dataset_name, None
+    from trl import get_dataset
+
+    name = " + ".join(d.path + (f"[{d.split}]" if d.split != "train" else "") for d in dataset_args.datasets)
+    if script_args.dataset_name:
+        logger.warning("both `datasets` and `dataset_name` are set: the `datasets` mixture is used")
+    try:
+        return name, get_dataset(dataset_args)
+    except Exception as err:  # datasets raises many types; the user needs the mixture and the reason
+        raise SaferInstructError(f"dataset mixture {name}: could not be loaded: {type(err).__name__}: {err}") from err
 
 
 def _make_trainer(method, source, model_args, training_args, tokenizer, data):
@@ -124,6 +145,13 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return last
 
 
+def _full_state_dict_for_saving(trainer) -> None:
+    """Under FSDP a sharded state dict (fast, resumable checkpoints) makes ``save_model`` write no weights at all:
+    gather a full state dict for the final save, as the alignment-handbook does."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+
+
 def _drop_reference_adapter(model) -> None:
     """Only the trained adapter is saved: remove DPO's frozen reference copy."""
     peft_config = getattr(model, "peft_config", None)
@@ -132,15 +160,8 @@ def _drop_reference_adapter(model) -> None:
 
 
 def main(method: str, argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``training/<method>.py`` and ``safer-instruct train``: ``--config RECIPE`` + overrides."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    recipe = None
-    if "--config" in args:
-        index = args.index("--config")
-        if index + 1 >= len(args):
-            raise SaferInstructError("--config needs a recipe path")
-        recipe = args[index + 1]
-        del args[index : index + 2]
-    result = train(method, recipe, args)
+    """Entry point of ``training/<method>.py`` and ``safer-instruct train``: ``--config RECIPE`` + overrides,
+    parsed by TRL's ``TrlParser.parse_args_and_config`` (``--config=RECIPE`` too)."""
+    result = train(method, None, list(sys.argv[1:] if argv is None else argv))
     print(f"saved {result.output_dir}" + (f" and {result.merged_dir}" if result.merged_dir else ""))
     return 0

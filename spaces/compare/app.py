@@ -1,7 +1,8 @@
 """The comparison Space: the base and the Safer-Instruct-aligned model answer one prompt side by side.
 
-All behaviour lives in the kit (``safer_instruct.space``); this file only starts it. Settings are
-Space variables, see README.md. Locally, ``safer-instruct space`` runs the same app.
+All behaviour lives in the kit (``safer_instruct.space``); this file only starts it. A Space written by
+``safer-instruct publish space`` carries the kit's package next to this file. Settings are Space
+variables, see README.md. Locally, ``safer-instruct space`` runs the same app.
 """
 
 import os

@@ -1,0 +1,202 @@
+"""Refusal scorers against the hand-labelled refusal set: which one to ship, and how well it does.
+
+(a) ``dev_cv``: every candidate, 5-fold cross-validation on the development split (folds
+    stratified by style, seeded): the choice of scorer and of its settings is made here only.
+(b) ``test``: each candidate trained on the whole development split, scored once on the test
+    split: three-way accuracy and Cohen's kappa, the binary reading (refusal = full or partial),
+    accuracy per style and per model voice, and answers/s on this CPU.
+
+Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
+logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
+(n-grams + cues) without and with the requests, and with ``--hidden-head`` a logistic head on
+the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
+
+    python bench/scoring.py [--hidden-head] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_report  # noqa: E402
+
+from safer_instruct.evaluate import classifier  # noqa: E402
+from safer_instruct.evaluate.classifier import DEV_SET, TEST_SET, LabelledCase, TrainConfig, fit_softmax, load_cases  # noqa: E402
+from safer_instruct.evaluate.refusal import LABELS, rule_refusal  # noqa: E402
+
+Predict = Callable[[Sequence[str], Sequence[str] | None], list[str]]  # (answers, prompts or None) -> labels
+Fit = Callable[[list[LabelledCase]], Predict]
+
+
+def cohen_kappa(truth: Sequence[str], predicted: Sequence[str]) -> float | None:
+    """Cohen's kappa over any label set; None when chance agreement is total."""
+    n = len(truth)
+    observed = sum(a == b for a, b in zip(truth, predicted)) / n
+    labels = set(truth) | set(predicted)
+    expected = sum((truth.count(x) / n) * (predicted.count(x) / n) for x in labels)
+    return None if expected == 1 else round((observed - expected) / (1 - expected), 4)
+
+
+def binary(labels: Sequence[str]) -> list[str]:
+    return ["refusal" if label != "full_compliance" else "compliance" for label in labels]
+
+
+def figures(cases: list[LabelledCase], predicted: Sequence[str]) -> dict:
+    """Accuracy, kappa (three-way and binary), per style and per voice."""
+    truth = [c.label for c in cases]
+    right = [t == p for t, p in zip(truth, predicted)]
+    result = {
+        "n": len(cases), "accuracy": round(float(np.mean(right)), 4), "kappa": cohen_kappa(truth, predicted),
+        "binary_accuracy": round(float(np.mean([a == b for a, b in zip(binary(truth), binary(predicted))])), 4),
+        "binary_kappa": cohen_kappa(binary(truth), binary(predicted)),
+    }
+    for key in ("style", "voice"):
+        groups: dict[str, list[bool]] = defaultdict(list)
+        for case, ok in zip(cases, right):
+            groups[getattr(case, key)].append(ok)
+        result[f"by_{key}"] = {name: round(float(np.mean(oks)), 4) for name, oks in sorted(groups.items())}
+    result["worst_style"] = min(result["by_style"].items(), key=lambda item: item[1])
+    return result
+
+
+def fit_rules(_: list[LabelledCase]) -> Predict:
+    return lambda texts, prompts: ["full_refusal" if rule_refusal(t) else "full_compliance" for t in texts]
+
+
+def fit_logistic(families: tuple[str, ...]) -> Fit:
+    """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` request cues)."""
+    def fit(cases: list[LabelledCase]) -> Predict:
+        return classifier.train(cases, TrainConfig(families=families)).predict
+    return fit
+
+
+class HiddenStates:
+    """Mean-pooled last hidden states of the default model, cached per text."""
+
+    def __init__(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from safer_instruct.models import available_model
+
+        path = available_model("default")
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        with self.torch.inference_mode():
+            for start in range(0, len(missing), 16):
+                batch = missing[start:start + 16]
+                inputs = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=256)
+                hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1]
+                mask = inputs["attention_mask"].unsqueeze(-1).float()
+                self.cache.update(zip(batch, ((hidden * mask).sum(1) / mask.sum(1)).numpy()))
+        return np.stack([self.cache[t] for t in texts])
+
+
+class HiddenHead:
+    """Fits a softmax head on standardised hidden states, like the shipped classifier is fitted."""
+
+    def __init__(self, states: HiddenStates) -> None:
+        self.states = states
+
+    def __call__(self, cases: list[LabelledCase]) -> Predict:
+        x = self.states([c.completion for c in cases])
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        weights, bias = fit_softmax((x - mean) / std, [c.label for c in cases], TrainConfig(l2=1e-2))
+        return lambda texts, prompts: [LABELS[i] for i in (((self.states(texts) - mean) / std) @ weights + bias).argmax(1)]
+
+
+def folds(cases: list[LabelledCase], k: int, seed: int) -> list[list[int]]:
+    """``k`` folds, each style spread evenly over them (seeded shuffle within a style)."""
+    by_style: dict[str, list[int]] = defaultdict(list)
+    for i, case in enumerate(cases):
+        by_style[case.style].append(i)
+    rng, out = random.Random(seed), [[] for _ in range(k)]
+    for style in sorted(by_style):
+        indices = by_style[style][:]
+        rng.shuffle(indices)
+        for j, i in enumerate(indices):
+            out[j % k].append(i)
+    return out
+
+
+def cross_validate(fit: Fit, cases: list[LabelledCase], with_prompts: bool, k: int = 5, seeds: Sequence[int] = (0, 1)) -> dict:
+    """Mean and per-seed three-way accuracy of ``k``-fold cross-validation, and the worst style."""
+    runs = []
+    for seed in seeds:
+        predicted = [""] * len(cases)
+        for fold in folds(cases, k, seed):
+            held = set(fold)
+            predict = fit([c for i, c in enumerate(cases) if i not in held])
+            prompts = [cases[i].prompt for i in fold] if with_prompts else None
+            for i, label in zip(fold, predict([cases[i].completion for i in fold], prompts)):
+                predicted[i] = label
+        runs.append(figures(cases, predicted))
+    return {"accuracy": round(float(np.mean([r["accuracy"] for r in runs])), 4),
+            "binary_accuracy": round(float(np.mean([r["binary_accuracy"] for r in runs])), 4),
+            "per_seed": [r["accuracy"] for r in runs], "worst_style": min((r["worst_style"] for r in runs), key=lambda w: w[1])}
+
+
+def timed(predict: Predict, texts: list[str], prompts: list[str] | None, repeats: int = 3) -> float:
+    """Answers per second, best of ``repeats`` passes over ``texts`` one answer at a time."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i, text in enumerate(texts):
+            predict([text], None if prompts is None else [prompts[i]])
+        best = min(best, time.perf_counter() - start)
+    return round(len(texts) / best, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden-head", action="store_true", help="also a head on the default model's hidden states (slow)")
+    parser.add_argument("--dev-only", action="store_true", help="only the cross-validation on dev (for choosing; no test figures)")
+    parser.add_argument("--json", help="write the figures here too")
+    args = parser.parse_args()
+    dev, test = load_cases(DEV_SET), load_cases(TEST_SET)
+    full = TrainConfig.families
+    candidates: dict[str, tuple[Fit, bool]] = {  # name -> (learner, given the prompts)
+        "phrase rules (earlier detector)": (fit_rules, False),
+        "logistic: word n-grams": (fit_logistic(("w",)), False),
+        "logistic: phrase cues": (fit_logistic(("c",)), False),
+        "logistic: n-grams + cues, answer only (shipped, no prompt column)": (fit_logistic(full), False),
+        "logistic: n-grams + cues + request cues (shipped, with prompts)": (fit_logistic(full), True),
+    }
+    if args.hidden_head:
+        candidates["logistic head on default-model hidden states"] = (HiddenHead(HiddenStates()), False)
+    report: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+                    "dev": {"file": DEV_SET.name, "n": len(dev)}, "test": {"file": TEST_SET.name, "n": len(test)},
+                    "dev_cv": {}, "scorers": {}}
+    texts = [c.completion for c in test]
+    for name, (fit, with_prompts) in candidates.items():
+        print(f"{name}: cross-validating on dev", file=sys.stderr, flush=True)
+        report["dev_cv"][name] = cross_validate(fit, dev, with_prompts)
+        if args.dev_only:
+            continue
+        predict, prompts = fit(dev), [c.prompt for c in test] if with_prompts else None
+        report["scorers"][name] = figures(test, predict(texts, prompts))
+        if isinstance(fit, HiddenHead):  # time the model pass too: once, on answers it has not seen yet
+            fit.states.cache.clear()
+            report["scorers"][name]["answers_per_s"] = timed(predict, texts[:64], None, repeats=1)
+        else:
+            report["scorers"][name]["answers_per_s"] = timed(predict, texts, prompts)
+    write_report(report, args.json)
+
+
+if __name__ == "__main__":
+    main()

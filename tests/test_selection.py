@@ -1,0 +1,129 @@
+"""Robust by design: precision by the CPU's capability, a validation split, the checkpoint chosen on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from safer_instruct import device
+from safer_instruct.evaluate.runner import helpfulness_verdict
+from safer_instruct.evaluate.select import Scored, choose
+from safer_instruct.evaluate.stats import rate
+from safer_instruct.pipeline.assemble import split_rows
+from safer_instruct.pipeline.config import AssembleConfig
+
+
+@pytest.fixture(autouse=True)
+def fresh_announcement():
+    device.announce_dtype.cache_clear()
+    yield
+    device.announce_dtype.cache_clear()
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)],
+                         ids=["cpu-with-bf16", "cpu-avx2-only"])
+def test_auto_precision_follows_the_cpu_kind(monkeypatch, capsys, native, expected) -> None:
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: native)
+    assert device.pick_dtype("auto", "cpu") == expected
+    assert device.pick_dtype("auto", "cpu") == expected
+    assert device.resolve_bf16("auto", "cpu") is native
+    assert device.pick_dtype("float32", "cpu") == torch.float32 and device.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("precision:")]
+    assert said == [f"precision: {str(expected).removeprefix('torch.')} on cpu "
+                    f"({'native bfloat16' if native else 'no native bfloat16'}; dtype/bf16: auto)"]  # once
+
+
+def test_a_cpu_limited_to_avx2_reads_as_the_slow_kind() -> None:
+    """The probe is the one oneDNN uses: the env that makes a fast CPU behave like an AVX2-only one turns it off."""
+    code = "from safer_instruct.device import cpu_bf16_native, pick_dtype; print(cpu_bf16_native(), pick_dtype('auto', 'cpu'))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "torch.float32"]
+
+
+def test_thread_cap_reads_the_environment(monkeypatch) -> None:
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(device.THREADS_ENV, raising=False)
+        assert device.configure_threads() is None and torch.get_num_threads() == threads
+        monkeypatch.setenv(device.THREADS_ENV, "lots")
+        assert device.configure_threads() is None and torch.get_num_threads() == threads
+        monkeypatch.setenv(device.THREADS_ENV, "1")
+        assert device.configure_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given, expected) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    code = "import os, safer_instruct, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == expected
+
+
+def _scored(name: str, step: int, harmless: float, over_refusal: float) -> Scored:
+    return Scored(name, f"/ckpt/{name}", step, harmless, over_refusal, 10, 10)
+
+
+def test_choose_keeps_the_most_harmless_candidate_within_the_bound() -> None:
+    sweep = [_scored("sft", 0, 1.0, 0.6), _scored("step 4", 4, 0.9, 0.1), _scored("step 8", 8, 0.7, 0.1),
+             _scored("step 12", 12, 0.9, 0.0), _scored("step 16", 16, 0.5, 0.0)]
+    selection = choose(sweep, 0.15)
+    assert selection.chosen == "step 12" and selection.within_bound  # 90% harmless, and the lower over-refusal
+    assert choose(sweep, 0.6).chosen == "sft"
+    assert [s["name"] for s in selection.as_dict()["sweep"]] == [s.name for s in sweep]
+
+
+def test_choose_falls_back_to_the_fewest_needless_refusals_and_says_so() -> None:
+    selection = choose([_scored("sft", 0, 1.0, 0.6), _scored("step 4", 4, 0.8, 0.3), _scored("step 8", 8, 0.6, 0.3)], 0.15)
+    assert selection.chosen == "step 4" and not selection.within_bound
+
+
+def _rows(kind: str, n: int) -> list[dict]:
+    return [{"id": f"{kind}-{i}", "kind": kind} for i in range(n)]
+
+
+def test_validation_split_is_held_out_per_kind_and_deterministic() -> None:
+    rows = _rows("safety", 50) + _rows("helpfulness", 60)
+    splits = split_rows(rows, 0.0, seed=0, validation_fraction=0.2)
+    assert not splits["test"]
+    assert sorted(r["kind"] for r in splits["validation"]).count("safety") == 10
+    assert sorted(r["kind"] for r in splits["validation"]).count("helpfulness") == 12
+    assert not {r["id"] for r in splits["validation"]} & {r["id"] for r in splits["train"]}
+    assert splits == split_rows(rows, 0.0, seed=0, validation_fraction=0.2)
+    both = split_rows(rows, 0.1, seed=0, validation_fraction=0.2)
+    assert len(both["test"]) == 11 and len(both["validation"]) == 22 and len(both["train"]) == 77
+    tiny = split_rows(_rows("safety", 2), 0.5, seed=0, validation_fraction=0.5)
+    assert len(tiny["train"]) == 1  # training keeps a row
+
+
+def test_held_out_fractions_must_leave_rows_to_train_on() -> None:
+    with pytest.raises(ValueError, match="leave rows to train on"):
+        AssembleConfig(test_fraction=0.5, validation_fraction=0.5)
+
+
+def test_helpfulness_verdict_is_undetermined_when_the_judge_mostly_ties() -> None:
+    assert helpfulness_verdict(ties=21, judged=40, win_rate=rate(20, 40)) == "undetermined"
+    assert helpfulness_verdict(ties=0, judged=0, win_rate=rate(0, 0)) == "undetermined"
+    assert helpfulness_verdict(ties=0, judged=40, win_rate=rate(35, 40)) == "better"
+    assert helpfulness_verdict(ties=0, judged=40, win_rate=rate(5, 40)) == "worse"
+    assert helpfulness_verdict(ties=20, judged=40, win_rate=rate(21, 40)) == "no clear difference"
+
+
+def test_checkpoints_saved_in_the_same_second_never_share_cached_answers(tmp_path) -> None:
+    from safer_instruct.llm.cache import model_fingerprint
+
+    folders = []
+    for name, weights in (("checkpoint-1", b"\x01" * 64), ("checkpoint-2", b"\x02" * 64)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, content in (("adapter_model.safetensors", weights), ("adapter_config.json", b"{}")):
+            (folder / file).write_bytes(content)
+            os.utime(folder / file, (1_700_000_000, 1_700_000_000))
+        folders.append(folder)
+    assert model_fingerprint(str(folders[0])) != model_fingerprint(str(folders[1]))
+    assert model_fingerprint(str(folders[0])) == model_fingerprint(str(folders[0]))
