@@ -298,9 +298,10 @@ def test_trained_reverse_model_through_the_cli(tmp_path: Path, default_model_dir
     }
     config = write_config(tmp_path, reverse_model__train=train, filter__threshold=1.0)
     run_dir = tmp_path / "run"
-    assert main(["build", str(config), "induce.candidates=1", "--run-dir", str(run_dir)]) == 0
-    out = capsys.readouterr().out
-    assert "Safer-Instruct funnel" in out and "dataset:" in out
+    # threshold 1.0 drops every instruction (quick): the build says its dataset is empty and exits 1, funnel written
+    assert main(["build", str(config), "induce.candidates=1", "--run-dir", str(run_dir)]) == 1
+    captured = capsys.readouterr()
+    assert "Safer-Instruct funnel" in captured.out and "error: the dataset is empty: no row was kept" in captured.err
     assert (run_dir / "models" / "reverse" / "adapter_config.json").is_file()
     state = sqlite3.connect(run_dir / "state.sqlite")
     outputs = [json.loads(o) for (o,) in state.execute("SELECT outputs FROM items WHERE stage = 'induce'")]
