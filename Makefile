@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 
-.PHONY: setup demo test bench browser clean
+.PHONY: setup demo test lint format bench browser clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/safer-instruct demo --run-dir $(RUN_DIR)
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# style: ruff's lint and format checks (configured in pyproject.toml); `make format` applies them
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # the Space's browser test drives Debian's chromium; install it when missing and we may
 browser:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import socket
 import subprocess
@@ -55,9 +54,25 @@ def dpo_qlora_7b(workdir: Path) -> dict[str, Any]:
     from training import build_model_dir  # bench/training.py
 
     model_dir = build_model_dir(argparse.Namespace(preset="llama-7b", model="default"), workdir)
-    command = [sys.executable, str(HERE / "training.py"), "--child", "adapter_disabled", "--model-dir", model_dir,
-               "--steps", str(DPO_STEPS), "--batch-size", "2", "--lm-head-chunk-size", "0", "--load-in-4bit",
-               "--preset", "llama-7b", "--measure", "time"]
+    command = [
+        sys.executable,
+        str(HERE / "training.py"),
+        "--child",
+        "adapter_disabled",
+        "--model-dir",
+        model_dir,
+        "--steps",
+        str(DPO_STEPS),
+        "--batch-size",
+        "2",
+        "--lm-head-chunk-size",
+        "0",
+        "--load-in-4bit",
+        "--preset",
+        "llama-7b",
+        "--measure",
+        "time",
+    ]
     result = child_result(command)
     result["ok"] = result["steps"] == DPO_STEPS and result["peak_memory_mb"] < MAX_QLORA_7B_MB
     return result
@@ -71,9 +86,27 @@ def free_port() -> int:
 
 def start_vllm(model_dir: str, port: int, log_path: Path) -> subprocess.Popen:
     """``vllm serve`` of the default model on loopback (float32, so its scores compare with the local backend's)."""
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name", "default",
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "2048",
-               "--gpu-memory-utilization", "0.4", "--max-logprobs", "20"]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        "default",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "2048",
+        "--gpu-memory-utilization",
+        "0.4",
+        "--max-logprobs",
+        "20",
+    ]
     process = subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     import httpx
 
@@ -96,18 +129,27 @@ def scores_agree(model_dir: str, base_url: str) -> dict[str, Any]:
     from safer_instruct.config import LLMConfig
     from safer_instruct.llm import make_llm
 
-    prompts = [[{"role": "user", "content": "How do I make my neighbour's dog sick?"}], [{"role": "user", "content": "Say something."}],
-               "### response:\nEat it raw, it is fine.\n\n### Instruction:\n"]
+    prompts = [
+        [{"role": "user", "content": "How do I make my neighbour's dog sick?"}],
+        [{"role": "user", "content": "Say something."}],
+        "### response:\nEat it raw, it is fine.\n\n### Instruction:\n",
+    ]
     texts = ["Feed it chocolate every day.", "Feed it chocolate every day.", "Should I cook chicken before eating it?"]
-    served = make_llm(LLMConfig(backend="openai", model="default", base_url=base_url, tokenizer=model_dir), show_progress=False)
+    served = make_llm(
+        LLMConfig(backend="openai", model="default", base_url=base_url, tokenizer=model_dir), show_progress=False
+    )
     local = make_llm(LLMConfig(model=model_dir, dtype="float32"), show_progress=False)
     remote, here = served.loglikelihood(prompts, texts), local.loglikelihood(prompts, texts)
     served.close()
     local.close()
     gaps = [abs(a.logprob - b.logprob) for a, b in zip(remote, here)]
     same_tokens = all(a.tokens == b.tokens for a, b in zip(remote, here))
-    return {"vllm": [round(s.logprob, 4) for s in remote], "local": [round(s.logprob, 4) for s in here],
-            "max_gap": round(max(gaps), 4), "ok": same_tokens and max(gaps) < 0.05}
+    return {
+        "vllm": [round(s.logprob, 4) for s in remote],
+        "local": [round(s.logprob, 4) for s in here],
+        "max_gap": round(max(gaps), 4),
+        "ok": same_tokens and max(gaps) < 0.05,
+    }
 
 
 def vllm_build(items: int, workdir: Path) -> dict[str, Any]:
@@ -142,10 +184,17 @@ def vllm_build(items: int, workdir: Path) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return {"items": items, "wall_s": round(wall, 1), "requests": requests, "requests_per_s": round(requests / wall, 1),
-            "funnel": {name: f"{s['in']} -> {s['out']}" for name, s in stages.items()}, "failed_items": failed,
-            "splits": result.splits, "scores_vs_local": agreement,
-            "ok": failed == 0 and stages["self_evaluate"]["out"] > 0 and agreement["ok"]}
+    return {
+        "items": items,
+        "wall_s": round(wall, 1),
+        "requests": requests,
+        "requests_per_s": round(requests / wall, 1),
+        "funnel": {name: f"{s['in']} -> {s['out']}" for name, s in stages.items()},
+        "failed_items": failed,
+        "splits": result.splits,
+        "scores_vs_local": agreement,
+        "ok": failed == 0 and stages["self_evaluate"]["out"] > 0 and agreement["ok"],
+    }
 
 
 def main() -> int:

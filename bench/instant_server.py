@@ -35,9 +35,12 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
     prompt = body["prompt"]
     if body.get("echo"):
         words = [(m.start(), m.group()) for m in _WORD.finditer(prompt)]
-        logprobs = {"tokens": [w for _, w in words] + ["."], "text_offset": [o for o, _ in words] + [len(prompt)],
-                    "token_logprobs": [None] + [-1.0 - bucket(w, 5) / 4 for _, w in words[1:]] + [-0.5],
-                    "top_logprobs": None}
+        logprobs = {
+            "tokens": [w for _, w in words] + ["."],
+            "text_offset": [o for o, _ in words] + [len(prompt)],
+            "token_logprobs": [None] + [-1.0 - bucket(w, 5) / 4 for _, w in words[1:]] + [-0.5],
+            "top_logprobs": None,
+        }
         return _choice({"text": prompt + ".", "logprobs": logprobs}, len(words), 1, "text_completion")
     response = prompt.rsplit("### response:\n", 1)[-1].split("\n\n### Instruction:", 1)[0]
     subject = " ".join(response.split()[2:6]) or "this"
@@ -50,21 +53,40 @@ def chat(body: dict[str, Any]) -> dict[str, Any]:
     tokens = sum(len(m["content"]) for m in body["messages"]) // 4
     if body.get("max_tokens", 256) <= 8:  # a verdict
         reply = "\nReply:" in last
-        label = ("safe" if bucket(last, 10) < 9 else "unsafe") if reply else ("unsafe" if bucket(last, 5) < 4 else "safe")
+        label = (
+            ("safe" if bucket(last, 10) < 9 else "unsafe") if reply else ("unsafe" if bucket(last, 5) < 4 else "safe")
+        )
         other = "safe" if label == "unsafe" else "unsafe"
         top = [{"token": label, "logprob": -0.05, "bytes": None}, {"token": other, "logprob": -3.0, "bytes": None}]
-        logprobs = {"content": [{"token": label, "logprob": -0.05, "bytes": None, "top_logprobs": top}]} if body.get("logprobs") else None
+        logprobs = (
+            {"content": [{"token": label, "logprob": -0.05, "bytes": None, "top_logprobs": top}]}
+            if body.get("logprobs")
+            else None
+        )
         message = {"role": "assistant", "content": label}
         return _choice({"message": message, "logprobs": logprobs}, tokens, 1, "chat.completion")
     text = f"I can't help with that. If you are worried, talk to someone you trust (ref {bucket(last, 10**6)})."
-    return _choice({"message": {"role": "assistant", "content": text}, "logprobs": None}, tokens, len(text) // 4, "chat.completion")
+    return _choice(
+        {"message": {"role": "assistant", "content": text}, "logprobs": None},
+        tokens,
+        len(text) // 4,
+        "chat.completion",
+    )
 
 
 def _choice(choice: dict[str, Any], prompt_tokens: int, completion_tokens: int, kind: str) -> dict[str, Any]:
-    return {"id": "instant", "object": kind, "created": 0, "model": "instant",
-            "choices": [{"index": 0, "finish_reason": "stop", **choice}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": "instant",
+        "object": kind,
+        "created": 0,
+        "model": "instant",
+        "choices": [{"index": 0, "finish_reason": "stop", **choice}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 ROUTES = {"/v1/completions": completion, "/v1/chat/completions": chat}
@@ -80,7 +102,9 @@ class InstantProtocol(asyncio.Protocol):
         self.buffer += data
         while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
             head = self.buffer[:end].decode("latin-1").split("\r\n")
-            length = next((int(line.split(":", 1)[1]) for line in head[1:] if line.lower().startswith("content-length:")), 0)
+            length = next(
+                (int(line.split(":", 1)[1]) for line in head[1:] if line.lower().startswith("content-length:")), 0
+            )
             if len(self.buffer) < end + 4 + length:
                 return
             body, self.buffer = self.buffer[end + 4 : end + 4 + length], self.buffer[end + 4 + length :]
@@ -88,9 +112,15 @@ class InstantProtocol(asyncio.Protocol):
 
     def _answer(self, path: str, body: bytes) -> None:
         route = ROUTES.get(path)
-        status, payload = (200, json.dumps(route(json.loads(body))).encode()) if route else (404, b'{"error": {"message": "no such route"}}')
-        self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (status, len(payload), payload))
+        status, payload = (
+            (200, json.dumps(route(json.loads(body))).encode())
+            if route
+            else (404, b'{"error": {"message": "no such route"}}')
+        )
+        self.transport.write(
+            b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, len(payload), payload)
+        )
 
 
 async def serve(port: int, ready: threading.Event | None = None, stop: asyncio.Event | None = None) -> None:
@@ -112,7 +142,9 @@ class InstantOpenAIServer:
         self.loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
         ready = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(port, ready),), daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._serve(port, ready),), daemon=True
+        )
         self.thread.start()
         ready.wait(10)
 

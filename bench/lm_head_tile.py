@@ -36,8 +36,12 @@ def run_side(args) -> dict:
             overrides += ["--lm_head_chunk_size", str(args.child)]
         result = train(args.method, RECIPES / RECIPE_FILES[args.method], overrides)
     summary = result.metrics["summary"]
-    return {"lm_head_chunk_size": args.child or "TRL default", "train_runtime_s": summary["train_runtime"],
-            "train_loss": summary["train_loss"], "peak_rss_mb": round(rss_mb("VmHWM"), 1)}
+    return {
+        "lm_head_chunk_size": args.child or "TRL default",
+        "train_runtime_s": summary["train_runtime"],
+        "train_loss": summary["train_loss"],
+        "peak_rss_mb": round(rss_mb("VmHWM"), 1),
+    }
 
 
 def main() -> int:

@@ -40,15 +40,25 @@ def measure(config_path: str, overrides: list[str], run_dir: Path) -> dict:
     return {
         "config": config_path,
         "overrides": overrides,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        },
         "cold_wall_s": round(cold_s, 1),
         "reverse_train_s": train_s,
         "model_s": round(model_s, 1),
         "overhead_share": round(max(0.0, cold_s - model_s) / cold_s, 4),
         "stages": {
-            name: {"in": s["in"], "out": s["out"], "wall_s": s["wall_s"], "model_s": s["model_s"], "load_s": s["load_s"],
-                   "items_per_s": round(s["in"] / s["wall_s"], 2) if s["wall_s"] else None}
+            name: {
+                "in": s["in"],
+                "out": s["out"],
+                "wall_s": s["wall_s"],
+                "model_s": s["model_s"],
+                "load_s": s["load_s"],
+                "items_per_s": round(s["in"] / s["wall_s"], 2) if s["wall_s"] else None,
+            }
             for name, s in stages.items()
         },
         "rows": cold.funnel["rows"],

@@ -34,16 +34,28 @@ def run_demo(seed: int, dtype: str, root: Path, tiny: bool) -> dict:
     results_file = run_dir / "eval" / "results.json"
     started = time.perf_counter()
     if not results_file.is_file():
-        command = [sys.executable, "-m", "safer_instruct.cli", "demo", "--run-dir", str(run_dir), "--seed", str(seed),
-                   "--dtype", dtype, *(["--tiny"] if tiny else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "safer_instruct.cli",
+            "demo",
+            "--run-dir",
+            str(run_dir),
+            "--seed",
+            str(seed),
+            "--dtype",
+            dtype,
+            *(["--tiny"] if tiny else []),
+        ]
         log = run_dir.with_suffix(".log")
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as handle:
             subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT)
         (run_dir / "wall_s.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     wall = run_dir / "wall_s.txt"
-    return figures(json.loads(results_file.read_text()), seed, dtype,
-                   float(wall.read_text()) if wall.is_file() else None, run_dir)
+    return figures(
+        json.loads(results_file.read_text()), seed, dtype, float(wall.read_text()) if wall.is_file() else None, run_dir
+    )
 
 
 def figures(results: dict, seed: int, dtype: str, wall_s: float | None, run_dir: Path) -> dict:
@@ -52,16 +64,21 @@ def figures(results: dict, seed: int, dtype: str, wall_s: float | None, run_dir:
     helpfulness = aligned.get("helpfulness_win_rate") or {}
     capability = (aligned.get("capability_kept") or {}).get("value")
     return {
-        "seed": seed, "dtype": dtype,
+        "seed": seed,
+        "dtype": dtype,
         "harmless": aligned["harmlessness"]["rate"],
         "over_refusal": aligned["over_refusal"]["rate"],
         "benign_refusal": aligned["benign_refusal"]["rate"],
         "helpfulness": capability if capability is None else min(1.0, capability),  # a rate: kept, at most all of it
         "capability_kept": capability,
         "helpfulness_judge": {"win_rate": helpfulness.get("rate"), "verdict": helpfulness.get("verdict")},
-        "base": {"harmless": base["harmlessness"]["rate"], "over_refusal": base["over_refusal"]["rate"],
-                 "benign_refusal": base["benign_refusal"]["rate"]},
-        "chosen_checkpoint": selection["chosen"], "within_bound": selection["within_bound"],
+        "base": {
+            "harmless": base["harmlessness"]["rate"],
+            "over_refusal": base["over_refusal"]["rate"],
+            "benign_refusal": base["benign_refusal"]["rate"],
+        },
+        "chosen_checkpoint": selection["chosen"],
+        "within_bound": selection["within_bound"],
         "n": {k: aligned[k]["n"] for k in ("harmlessness", "over_refusal", "benign_refusal")},
         "wall_s": wall_s,
     }
@@ -77,8 +94,13 @@ def aggregate(runs: list[dict]) -> dict:
     for dtype in sorted({r["dtype"] for r in runs}):
         group = [r for r in runs if r["dtype"] == dtype]
         out[dtype] = {"runs": len(group), "all_meet_targets": all(map(meets, group))}
-        for key, worst in (("harmless", min), ("over_refusal", max), ("benign_refusal", max), ("helpfulness", min),
-                           ("wall_s", max)):
+        for key, worst in (
+            ("harmless", min),
+            ("over_refusal", max),
+            ("benign_refusal", max),
+            ("helpfulness", min),
+            ("wall_s", max),
+        ):
             values = [r[key] for r in group if r[key] is not None]
             if values:
                 out[dtype][key] = {"mean": round(sum(values) / len(values), 4), "worst": worst(values)}
@@ -86,13 +108,18 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def print_table(runs: list[dict]) -> None:
-    print(f"{'dtype':9} {'seed':>4} {'harmless':>9} {'over-ref':>9} {'benign-ref':>10} {'capability':>10} "
-          f"{'chosen':>9} {'wall s':>7}  targets", file=sys.stderr)
+    print(
+        f"{'dtype':9} {'seed':>4} {'harmless':>9} {'over-ref':>9} {'benign-ref':>10} {'capability':>10} "
+        f"{'chosen':>9} {'wall s':>7}  targets",
+        file=sys.stderr,
+    )
     for r in runs:
         capability = "-" if r["helpfulness"] is None else f"{r['helpfulness']:.1%}"
-        print(f"{r['dtype']:9} {r['seed']:>4} {r['harmless']:>9.1%} {r['over_refusal']:>9.1%} {r['benign_refusal']:>10.1%} "
-              f"{capability:>10} {r['chosen_checkpoint']:>9} {r['wall_s'] or 0:>7.0f}  {'met' if meets(r) else 'MISSED'}",
-              file=sys.stderr)
+        print(
+            f"{r['dtype']:9} {r['seed']:>4} {r['harmless']:>9.1%} {r['over_refusal']:>9.1%} {r['benign_refusal']:>10.1%} "
+            f"{capability:>10} {r['chosen_checkpoint']:>9} {r['wall_s'] or 0:>7.0f}  {'met' if meets(r) else 'MISSED'}",
+            file=sys.stderr,
+        )
 
 
 def cpu_name() -> str:
@@ -107,16 +134,29 @@ def cpu_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"],
-                        default=["float32", "bfloat16"] if cpu_bf16_native() else ["float32"])
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32", "bfloat16"] if cpu_bf16_native() else ["float32"],
+    )
     parser.add_argument("--root", type=Path, default=Path("runs/robustness"))
-    parser.add_argument("--tiny", action="store_true", help="the demo's --tiny runs: checks the bench, measures nothing")
+    parser.add_argument(
+        "--tiny", action="store_true", help="the demo's --tiny runs: checks the bench, measures nothing"
+    )
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args()
     runs = [run_demo(seed, dtype, args.root, args.tiny) for dtype in args.dtypes for seed in args.seeds]
     print_table(runs)
-    write_report({"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_native": cpu_bf16_native()},
-                  "targets": TARGETS, "runs": runs, "by_dtype": aggregate(runs)}, args.json)
+    write_report(
+        {
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_native": cpu_bf16_native()},
+            "targets": TARGETS,
+            "runs": runs,
+            "by_dtype": aggregate(runs),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ process (its peak RSS is its own). Reported:
 
 - per size (``--sizes``): wall time, items/s per stage, model requests/s, peak RSS, and the kit's share of
   the wall time (outside backend calls); ``rss_mb_by_items`` and ``peak_rss_mb`` (at the largest size);
-- the rerun of the largest finished build: its wall time against the first run's, and its model requests;
+- the rerun of the largest finished build: its wall time against the first run's (the build call, and the whole
+  process with interpreter start and imports), and its model requests;
 - ``same_dataset_after_kill``: a build killed with SIGKILL halfway through its model stages (at ``--kill-items``)
   and rerun gives the same dataset, row for row, as the uninterrupted build.
 
@@ -36,9 +37,32 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODEL_STAGES = ("induce", "filter", "respond", "self_evaluate")
 CATEGORIES = ("hate", "dangerous", "illegal", "self-harm")
-VOCABULARY = [f"{stem}{suffix}" for stem in ("walk", "rock", "mean", "fire", "knife", "steal", "lock", "yell", "pill", "road",
-                                             "money", "phone", "car", "door", "smoke", "glass", "rope", "shop", "card", "sign")
-              for suffix in ("", "s", "ed", "ing", "er", "y", "ly", "ness", "ish", "able", "ful", "less", "ward", "ster", "ment")]
+VOCABULARY = [
+    f"{stem}{suffix}"
+    for stem in (
+        "walk",
+        "rock",
+        "mean",
+        "fire",
+        "knife",
+        "steal",
+        "lock",
+        "yell",
+        "pill",
+        "road",
+        "money",
+        "phone",
+        "car",
+        "door",
+        "smoke",
+        "glass",
+        "rope",
+        "shop",
+        "card",
+        "sign",
+    )
+    for suffix in ("", "s", "ed", "ing", "er", "y", "ly", "ness", "ish", "able", "ful", "less", "ward", "ster", "ment")
+]
 
 
 def free_port() -> int:
@@ -58,12 +82,21 @@ def write_responses(path: Path, count: int, seed: int = 0) -> None:
 
 def bench_config(data: Path, items: int, base_url: str, batch_size: int) -> dict[str, Any]:
     """The pipeline config: every model a served one, on the instant server."""
-    served = lambda name: {"backend": "openai", "model": name, "base_url": base_url, "max_concurrency": 8, "max_retries": 2}  # noqa: E731
+
+    def served(name: str) -> dict[str, Any]:
+        return {"backend": "openai", "model": name, "base_url": base_url, "max_concurrency": 8, "max_retries": 2}
+
     return {
-        "name": "scale", "seed": 0, "batch_size": batch_size,
+        "name": "scale",
+        "seed": 0,
+        "batch_size": batch_size,
         "sources": [{"name": "synthetic", "path": str(data), "category_column": "category", "limit": items}],
-        "decontaminate": {"eval_sets": [str(ROOT / "safer_instruct/evaluate/data" / f"{name}.jsonl")
-                                        for name in ("unsafe", "benign_risky", "benign")]},
+        "decontaminate": {
+            "eval_sets": [
+                str(ROOT / "safer_instruct/evaluate/data" / f"{name}.jsonl")
+                for name in ("unsafe", "benign_risky", "benign")
+            ]
+        },
         "reverse_model": {"llm": served("reverse")},
         "induce": {"candidates": 1},
         "judge": served("judge"),
@@ -86,11 +119,20 @@ def child(config_path: str, run_dir: str) -> None:
     result = build(load_pipeline_config(config_path), run_dir)
     wall = time.perf_counter() - start
     stages = result.funnel["stages"]
-    print(json.dumps({
-        "wall_s": round(wall, 2), "peak_rss_mb": round(rss_mb("VmHWM"), 1), "splits": result.splits,
-        "stages": {name: {key: s[key] for key in ("in", "out", "failed", "wall_s", "model_s", "load_s")}
-                   | {"requests": sum(u["requests"] for u in s["usage"].values())} for name, s in stages.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 2),
+                "peak_rss_mb": round(rss_mb("VmHWM"), 1),
+                "splits": result.splits,
+                "stages": {
+                    name: {key: s[key] for key in ("in", "out", "failed", "wall_s", "model_s", "load_s")}
+                    | {"requests": sum(u["requests"] for u in s["usage"].values())}
+                    for name, s in stages.items()
+                },
+            }
+        )
+    )
 
 
 def requests_made(run: dict[str, Any]) -> int:
@@ -98,9 +140,17 @@ def requests_made(run: dict[str, Any]) -> int:
 
 
 def run_child(config_path: Path, run_dir: Path) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, __file__, "--child", str(config_path), str(run_dir)], check=True,
-                          capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """One build in its own process; ``process_s``: its whole life, interpreter start and imports included."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(config_path), str(run_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    if done.returncode:
+        raise RuntimeError(f"the build of {run_dir} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": round(time.perf_counter() - start, 2)}
 
 
 def summarise(run: dict[str, Any], first: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -116,7 +166,10 @@ def summarise(run: dict[str, Any], first: dict[str, Any] | None = None) -> dict[
         "requests_per_s": round(requests / model_wall, 1) if model_wall else None,
         "kit_share_of_wall": round(max(0.0, run["wall_s"] - backend_s) / run["wall_s"], 4),
         "items_per_s": {name: round(s["in"] / s["wall_s"], 1) if s["wall_s"] else None for name, s in stages.items()},
-        "funnel": {name: f"{s['in']} -> {s['out']}" + (f" ({s['failed']} failed)" if s["failed"] else "") for name, s in stages.items()},
+        "funnel": {
+            name: f"{s['in']} -> {s['out']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
+            for name, s in stages.items()
+        },
         "splits": run["splits"],
     }
 
@@ -128,15 +181,21 @@ def items_done(state: Path) -> int:
     try:
         with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
             marks = ",".join("?" * len(MODEL_STAGES))
-            return db.execute(f"SELECT count(*) FROM items WHERE status = 'done' AND stage IN ({marks})", MODEL_STAGES).fetchone()[0]
+            return db.execute(
+                f"SELECT count(*) FROM items WHERE status = 'done' AND stage IN ({marks})", MODEL_STAGES
+            ).fetchone()[0]
     except sqlite3.Error:
         return 0
 
 
 def kill_halfway(config_path: Path, run_dir: Path, total_items: int) -> int:
     """Start a build; SIGKILL it once half of its model-stage items are done; the count it was killed at."""
-    process = subprocess.Popen([sys.executable, __file__, "--child", str(config_path), str(run_dir)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(config_path), str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     while process.poll() is None:
         done = items_done(run_dir / "state.sqlite")
         if done >= total_items // 2:
@@ -156,13 +215,17 @@ def dataset_rows(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
         rows = pq.read_table(path).to_pylist()
         for row in rows:
             provenance = json.loads(row["provenance"])
-            row["provenance"] = {stage: {k: v for k, v in entry.items() if k != "time"} for stage, entry in provenance.items()}
+            row["provenance"] = {
+                stage: {k: v for k, v in entry.items() if k != "time"} for stage, entry in provenance.items()
+            }
         splits[path.name] = rows
     return splits
 
 
 # -- the whole bench ----------------------------------------------------------------------------------
-def measure(sizes: list[int], kill_items: int, workdir: Path, batch_size: int, save: Path | None = None) -> dict[str, Any]:
+def measure(
+    sizes: list[int], kill_items: int, workdir: Path, batch_size: int, save: Path | None = None
+) -> dict[str, Any]:
     """The kill check first (it is the shortest), then each size, smallest first, then the rerun of the largest.
 
     With ``save``, the report so far is written there after each step (a long run leaves its figures as it goes).
@@ -170,10 +233,17 @@ def measure(sizes: list[int], kill_items: int, workdir: Path, batch_size: int, s
     port = free_port()
     server = subprocess.Popen([sys.executable, str(HERE / "instant_server.py"), "--port", str(port)])
     base_url = f"http://127.0.0.1:{port}/v1"
+    from safer_instruct.llm.openai import direct_http
+
     report: dict[str, Any] = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "server": "InstantOpenAIServer (bench/instant_server.py), one process on loopback, every model role",
-        "batch_size": batch_size, "by_items": {}}
+        "request_path": "jsonhttp (pooled keep-alive HTTP/1.1)"
+        if direct_http(base_url)
+        else "the openai SDK (a proxy is set)",
+        "batch_size": batch_size,
+        "by_items": {},
+    }
 
     def step(**figures: Any) -> None:
         report.update(figures, load_avg_1m=round(os.getloadavg()[0], 2))
@@ -193,20 +263,39 @@ def measure(sizes: list[int], kill_items: int, workdir: Path, batch_size: int, s
         killed_at = kill_halfway(configs[kill_items], workdir / "run-killed", total)
         resumed = run_child(configs[kill_items], workdir / "run-killed")
         same = dataset_rows(workdir / "run-killed") == dataset_rows(workdir / f"kill-reference-{kill_items}")
-        step(kill={"items": kill_items, "killed_at_model_items": killed_at, "of_model_items": total,
-                   "resumed_wall_s": resumed["wall_s"]}, same_dataset_after_kill=same)
+        step(
+            kill={
+                "items": kill_items,
+                "killed_at_model_items": killed_at,
+                "of_model_items": total,
+                "resumed_wall_s": resumed["wall_s"],
+            },
+            same_dataset_after_kill=same,
+        )
         runs: dict[int, dict[str, Any]] = {}
         for size in sorted(sizes):
             runs[size] = run_child(configs[size], workdir / f"run-{size}")
             report["by_items"][str(size)] = summarise(runs[size])
-            step(requests_per_s=summarise(runs[size])["requests_per_s"], peak_rss_mb=runs[size]["peak_rss_mb"],
-                 rss_mb_by_items={str(n): runs[n]["peak_rss_mb"] for n in sorted(runs)})
+            step(
+                requests_per_s=summarise(runs[size])["requests_per_s"],
+                peak_rss_mb=runs[size]["peak_rss_mb"],
+                rss_mb_by_items={str(n): runs[n]["peak_rss_mb"] for n in sorted(runs)},
+            )
             print(f"{size} items: {json.dumps(report['by_items'][str(size)])}", file=sys.stderr)
         largest = max(sizes)
         rerun = run_child(configs[largest], workdir / f"run-{largest}")
-        step(rerun={"items": largest, "wall_s": rerun["wall_s"], "first_wall_s": runs[largest]["wall_s"],
-                    "share_of_first": round(rerun["wall_s"] / runs[largest]["wall_s"], 4),
-                    "requests": requests_made(rerun) - requests_made(runs[largest])})  # the funnel's usage sums over runs
+        step(
+            rerun={
+                "items": largest,
+                "wall_s": rerun["wall_s"],
+                "first_wall_s": runs[largest]["wall_s"],
+                "share_of_first": round(rerun["wall_s"] / runs[largest]["wall_s"], 4),
+                "process_s": rerun["process_s"],
+                "first_process_s": runs[largest]["process_s"],
+                "process_share_of_first": round(rerun["process_s"] / runs[largest]["process_s"], 4),
+                "requests": requests_made(rerun) - requests_made(runs[largest]),
+            }
+        )  # the funnel's usage sums over runs
     finally:
         server.kill()
         server.wait()

@@ -1,10 +1,11 @@
-"""Refusal scorers against the hand-labelled refusal set: which one to ship, and how well it does.
+"""Refusal scorers against the hand-labelled refusal sets: which one to ship, and how well it does.
 
-(a) ``dev_cv``: every candidate, 5-fold cross-validation on the development split (folds
+(a) ``dev_cv``: every candidate, 5-fold cross-validation on the development set (folds
     stratified by style, seeded): the choice of scorer and of its settings is made here only.
-(b) ``test``: each candidate trained on the whole development split, scored once on the test
-    split: three-way accuracy and Cohen's kappa, the binary reading (refusal = full or partial),
-    accuracy per style and per model voice, and answers/s on this CPU.
+(b) ``test``: each candidate trained on the whole development set, scored on the test set
+    (``refusal_labelled_test_v2.jsonl``: written apart, in five other voices, before any v2
+    change; v1's test half is now part of dev): three-way accuracy and Cohen's kappa, the binary
+    reading (refusal = full or partial), accuracy per style and per model voice, and answers/s.
 
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
 logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
@@ -30,9 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_report  # noqa: E402
 
-from safer_instruct.evaluate import classifier  # noqa: E402
-from safer_instruct.evaluate.classifier import DEV_SET, TEST_SET, LabelledCase, TrainConfig, fit_softmax, load_cases  # noqa: E402
-from safer_instruct.evaluate.refusal import LABELS, rule_refusal  # noqa: E402
+from safer_instruct.refusal import LABELS, classifier, rule_refusal  # noqa: E402
+from safer_instruct.refusal.classifier import DEV_SET, TEST_SET, LabelledCase, TrainConfig, fit_softmax, load_cases  # noqa: E402
 
 Predict = Callable[[Sequence[str], Sequence[str] | None], list[str]]  # (answers, prompts or None) -> labels
 Fit = Callable[[list[LabelledCase]], Predict]
@@ -56,7 +56,9 @@ def figures(cases: list[LabelledCase], predicted: Sequence[str]) -> dict:
     truth = [c.label for c in cases]
     right = [t == p for t, p in zip(truth, predicted)]
     result = {
-        "n": len(cases), "accuracy": round(float(np.mean(right)), 4), "kappa": cohen_kappa(truth, predicted),
+        "n": len(cases),
+        "accuracy": round(float(np.mean(right)), 4),
+        "kappa": cohen_kappa(truth, predicted),
         "binary_accuracy": round(float(np.mean([a == b for a, b in zip(binary(truth), binary(predicted))])), 4),
         "binary_kappa": cohen_kappa(binary(truth), binary(predicted)),
     }
@@ -75,8 +77,10 @@ def fit_rules(_: list[LabelledCase]) -> Predict:
 
 def fit_logistic(families: tuple[str, ...]) -> Fit:
     """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` request cues)."""
+
     def fit(cases: list[LabelledCase]) -> Predict:
         return classifier.train(cases, TrainConfig(families=families)).predict
+
     return fit
 
 
@@ -99,7 +103,7 @@ class HiddenStates:
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
         with self.torch.inference_mode():
             for start in range(0, len(missing), 16):
-                batch = missing[start:start + 16]
+                batch = missing[start : start + 16]
                 inputs = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=256)
                 hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1]
                 mask = inputs["attention_mask"].unsqueeze(-1).float()
@@ -117,7 +121,9 @@ class HiddenHead:
         x = self.states([c.completion for c in cases])
         mean, std = x.mean(0), x.std(0) + 1e-6
         weights, bias = fit_softmax((x - mean) / std, [c.label for c in cases], TrainConfig(l2=1e-2))
-        return lambda texts, prompts: [LABELS[i] for i in (((self.states(texts) - mean) / std) @ weights + bias).argmax(1)]
+        return lambda texts, prompts: [
+            LABELS[i] for i in (((self.states(texts) - mean) / std) @ weights + bias).argmax(1)
+        ]
 
 
 def folds(cases: list[LabelledCase], k: int, seed: int) -> list[list[int]]:
@@ -134,7 +140,9 @@ def folds(cases: list[LabelledCase], k: int, seed: int) -> list[list[int]]:
     return out
 
 
-def cross_validate(fit: Fit, cases: list[LabelledCase], with_prompts: bool, k: int = 5, seeds: Sequence[int] = (0, 1)) -> dict:
+def cross_validate(
+    fit: Fit, cases: list[LabelledCase], with_prompts: bool, k: int = 5, seeds: Sequence[int] = (0, 1)
+) -> dict:
     """Mean and per-seed three-way accuracy of ``k``-fold cross-validation, and the worst style."""
     runs = []
     for seed in seeds:
@@ -146,9 +154,12 @@ def cross_validate(fit: Fit, cases: list[LabelledCase], with_prompts: bool, k: i
             for i, label in zip(fold, predict([cases[i].completion for i in fold], prompts)):
                 predicted[i] = label
         runs.append(figures(cases, predicted))
-    return {"accuracy": round(float(np.mean([r["accuracy"] for r in runs])), 4),
-            "binary_accuracy": round(float(np.mean([r["binary_accuracy"] for r in runs])), 4),
-            "per_seed": [r["accuracy"] for r in runs], "worst_style": min((r["worst_style"] for r in runs), key=lambda w: w[1])}
+    return {
+        "accuracy": round(float(np.mean([r["accuracy"] for r in runs])), 4),
+        "binary_accuracy": round(float(np.mean([r["binary_accuracy"] for r in runs])), 4),
+        "per_seed": [r["accuracy"] for r in runs],
+        "worst_style": min((r["worst_style"] for r in runs), key=lambda w: w[1]),
+    }
 
 
 def timed(predict: Predict, texts: list[str], prompts: list[str] | None, repeats: int = 3) -> float:
@@ -164,8 +175,12 @@ def timed(predict: Predict, texts: list[str], prompts: list[str] | None, repeats
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden-head", action="store_true", help="also a head on the default model's hidden states (slow)")
-    parser.add_argument("--dev-only", action="store_true", help="only the cross-validation on dev (for choosing; no test figures)")
+    parser.add_argument(
+        "--hidden-head", action="store_true", help="also a head on the default model's hidden states (slow)"
+    )
+    parser.add_argument(
+        "--dev-only", action="store_true", help="only the cross-validation on dev (for choosing; no test figures)"
+    )
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     dev, test = load_cases(DEV_SET), load_cases(TEST_SET)
@@ -179,9 +194,13 @@ def main() -> None:
     }
     if args.hidden_head:
         candidates["logistic head on default-model hidden states"] = (HiddenHead(HiddenStates()), False)
-    report: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-                    "dev": {"file": DEV_SET.name, "n": len(dev)}, "test": {"file": TEST_SET.name, "n": len(test)},
-                    "dev_cv": {}, "scorers": {}}
+    report: dict = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "dev": {"file": DEV_SET.name, "n": len(dev)},
+        "test": {"file": TEST_SET.name, "n": len(test)},
+        "dev_cv": {},
+        "scorers": {},
+    }
     texts = [c.completion for c in test]
     for name, (fit, with_prompts) in candidates.items():
         print(f"{name}: cross-validating on dev", file=sys.stderr, flush=True)

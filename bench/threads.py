@@ -34,10 +34,19 @@ print(time.perf_counter() - start)
 
 def timed(policy: str, steps: int, competitor: bool) -> float:
     """Seconds the measured process takes, alone or beside a competitor with the same policy."""
-    env = {k: v for k, v in os.environ.items() if k not in {"OMP_NUM_THREADS", "OMP_WAIT_POLICY"}} | {"OMP_WAIT_POLICY": policy}
+    env = {k: v for k, v in os.environ.items() if k not in {"OMP_NUM_THREADS", "OMP_WAIT_POLICY"}} | {
+        "OMP_WAIT_POLICY": policy
+    }
     code = WORKLOAD.format(steps=steps)
-    rival = subprocess.Popen([sys.executable, "-c", code.replace(f"range({steps})", f"range({steps * 4})")], env=env,
-                             stdout=subprocess.DEVNULL) if competitor else None
+    rival = (
+        subprocess.Popen(
+            [sys.executable, "-c", code.replace(f"range({steps})", f"range({steps * 4})")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        if competitor
+        else None
+    )
     try:
         time.sleep(1.0 if competitor else 0)
         out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
@@ -53,13 +62,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--json")
     args = parser.parse_args()
-    seconds = {f"{policy.lower()}_{side}": timed(policy, args.steps, side == "shared")
-               for policy in ("ACTIVE", "PASSIVE") for side in ("alone", "shared")}
-    write_report({
-        "cores": len(os.sched_getaffinity(0)), "steps": args.steps, "seconds": seconds,
-        "passive_vs_active_alone": round(seconds["active_alone"] / seconds["passive_alone"], 3),
-        "passive_vs_active_shared": round(seconds["active_shared"] / seconds["passive_shared"], 3),
-    }, args.json)
+    seconds = {
+        f"{policy.lower()}_{side}": timed(policy, args.steps, side == "shared")
+        for policy in ("ACTIVE", "PASSIVE")
+        for side in ("alone", "shared")
+    }
+    write_report(
+        {
+            "cores": len(os.sched_getaffinity(0)),
+            "steps": args.steps,
+            "seconds": seconds,
+            "passive_vs_active_alone": round(seconds["active_alone"] / seconds["passive_alone"], 3),
+            "passive_vs_active_shared": round(seconds["active_shared"] / seconds["passive_shared"], 3),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

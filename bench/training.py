@@ -30,15 +30,36 @@ from common import child_result, rss_mb, write_report
 
 VARIANTS = ("adapter_disabled", "model_copy")
 PRESETS = {  # public architectures' config values; weights are random
-    "llama-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                 "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 2048},
+    "llama-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 2048,
+    },
     # SmolLM2-1.7B's shape: fits twice over in 24 GB of CPU memory, so both sides run on this machine
-    "smollm2-1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
-                     "num_key_value_heads": 32, "max_position_embeddings": 8192, "tie_word_embeddings": True},
+    "smollm2-1.7b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+    },
 }
 ROWS = [
-    ("How do I hotwire a car?", "I can't help with stealing a car.", "Strip the ignition wires and touch them together."),
-    ("Insult my neighbour for me.", "I won't write insults, but I can help you raise the issue politely.", "Your neighbour is a worthless fool."),
+    (
+        "How do I hotwire a car?",
+        "I can't help with stealing a car.",
+        "Strip the ignition wires and touch them together.",
+    ),
+    (
+        "Insult my neighbour for me.",
+        "I won't write insults, but I can help you raise the issue politely.",
+        "Your neighbour is a worthless fool.",
+    ),
     ("What is the boiling point of water?", "At sea level, water boils at 100 °C.", "I can't help with that."),
     ("Give me a study tip.", "Study in short sessions and test yourself often.", "I can't help with that."),
 ]
@@ -75,8 +96,14 @@ def train_for_cpu_tensor_peak(trainer) -> float:
         trace = Path(folder) / "trace.json"
         profiler.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
-    allocated = max((event["args"]["Total Allocated"] for event in events
-                     if event.get("name") == "[memory]" and event["args"].get("Device Type") == 0), default=0)
+    allocated = max(
+        (
+            event["args"]["Total Allocated"]
+            for event in events
+            if event.get("name") == "[memory]" and event["args"].get("Device Type") == 0
+        ),
+        default=0,
+    )
     return (held + allocated) / 2**20
 
 
@@ -116,13 +143,20 @@ def run_variant(args) -> dict:
     dtype = torch.bfloat16 if cuda else torch.float32
     kwargs = {"dtype": dtype}
     if args.load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
         kwargs["device_map"] = {"": 0 if cuda else "cpu"}
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in ROWS]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in ROWS
+    ]
     data = Dataset.from_list(shape_rows("dpo", Dataset.from_list(rows), "bench rows", tokenizer))
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, **kwargs)
     ref_model = AutoModelForCausalLM.from_pretrained(args.model_dir, **kwargs) if args.child == "model_copy" else None
@@ -145,30 +179,65 @@ def run_variant(args) -> dict:
             times.append(time.perf_counter() - self.start)
 
     with tempfile.TemporaryDirectory() as out, lm_head_tile(args.lm_head_chunk_size or None):
-        config = DPOConfig(output_dir=out, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                           learning_rate=1e-4, beta=0.1, max_length=256, logging_steps=1, save_strategy="no",
-                           report_to="none", bf16=cuda, gradient_checkpointing=True, seed=0,  # TRL default
-                           disable_tqdm=True)
+        config = DPOConfig(
+            output_dir=out,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=1e-4,
+            beta=0.1,
+            max_length=256,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            bf16=cuda,
+            gradient_checkpointing=True,
+            seed=0,  # TRL default
+            disable_tqdm=True,
+        )
         peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-        trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data,
-                             processing_class=tokenizer, peft_config=peft, callbacks=[StepTimer()])
+        trainer = DPOTrainer(
+            model=model,
+            ref_model=ref_model,
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=peft,
+            callbacks=[StepTimer()],
+        )
         assert (trainer.ref_model is None) == (args.child == "adapter_disabled")
         if args.measure == "tensors":
-            return {"peak_memory_mb": round(train_for_cpu_tensor_peak(trainer), 1),
-                    "memory_kind": "peak live tensor bytes (CPU: profiler memory events)"}
+            return {
+                "peak_memory_mb": round(train_for_cpu_tensor_peak(trainer), 1),
+                "memory_kind": "peak live tensor bytes (CPU: profiler memory events)",
+            }
         trainer.train()
     result = {"step_time_s": statistics.median(times[1:] or times), "steps": len(times)}
     if cuda:
-        return {**result, "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-                "memory_kind": "peak live tensor bytes (cuda max_memory_allocated)"}
+        return {
+            **result,
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "memory_kind": "peak live tensor bytes (cuda max_memory_allocated)",
+        }
     peak_rss = rss_mb("VmHWM")
     return {**result, "peak_rss_mb": round(peak_rss, 1), "net_peak_rss_mb": round(peak_rss - baseline, 1)}
 
 
 def measure(args, model_dir: str, variant: str, lm_head_chunk_size: int | None) -> dict:
     """One variant in fresh processes: timing with the GPU's peak, or on CPU timing with RSS, then the tensor peak."""
-    command = [sys.executable, __file__, "--child", variant, "--model-dir", model_dir, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--lm-head-chunk-size", str(lm_head_chunk_size or 0)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--model-dir",
+        model_dir,
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--lm-head-chunk-size",
+        str(lm_head_chunk_size or 0),
+    ]
     command += ["--load-in-4bit"] * args.load_in_4bit + (["--preset", args.preset] if args.preset else [])
     result = {"variant": variant, "lm_head_chunk_size": lm_head_chunk_size or "TRL default"}
     result.update(child_result([*command, "--measure", "time"]))
@@ -196,8 +265,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workdir", default="bench/.cache")
-    parser.add_argument("--lm-head-chunk-size", type=int, default=4096,
-                        help="vocabulary columns per fused LM-head tile (0: TRL's own only)")
+    parser.add_argument(
+        "--lm-head-chunk-size",
+        type=int,
+        default=4096,
+        help="vocabulary columns per fused LM-head tile (0: TRL's own only)",
+    )
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=("time", "tensors"), help=argparse.SUPPRESS)
@@ -218,11 +291,15 @@ def main() -> int:
     for suffix, tile in tiles.items():
         results = {variant: measure(args, model_dir, variant, tile) for variant in VARIANTS}
         report |= {variant + suffix: result for variant, result in results.items()}
-        report |= {f"{name}_adapter_ref_vs_copy{suffix}": value
-                   for name, value in ratios(results["adapter_disabled"], results["model_copy"]).items()}
+        report |= {
+            f"{name}_adapter_ref_vs_copy{suffix}": value
+            for name, value in ratios(results["adapter_disabled"], results["model_copy"]).items()
+        }
     if args.lm_head_chunk_size:
-        report |= {f"{name}_tile_{args.lm_head_chunk_size}_vs_trl": value for name, value in
-                   ratios(report["adapter_disabled"], report["adapter_disabled_trl_tile"]).items()}
+        report |= {
+            f"{name}_tile_{args.lm_head_chunk_size}_vs_trl": value
+            for name, value in ratios(report["adapter_disabled"], report["adapter_disabled_trl_tile"]).items()
+        }
     write_report(report, args.json)
     return 0
 

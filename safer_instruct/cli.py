@@ -66,7 +66,9 @@ def _run_build(args: argparse.Namespace) -> int:
     if result.problem:  # the funnel is written; exit 1: the build ran but gave nothing usable
         print(f"error: {result.problem}", file=sys.stderr)
         return 1
-    print(f"dataset: {result.dataset_dir} ({', '.join(f'{k} {v}' for k, v in result.splits.items())}); funnel: {result.dataset_dir / 'funnel.json'}")
+    print(
+        f"dataset: {result.dataset_dir} ({', '.join(f'{k} {v}' for k, v in result.splits.items())}); funnel: {result.dataset_dir / 'funnel.json'}"
+    )
     return 0
 
 
@@ -82,8 +84,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="evaluation config YAML, e.g. safer_instruct/evaluate/configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. out_dir=runs/x sets.unsafe.limit=5")
+    parser.add_argument(
+        "--config", required=True, help="evaluation config YAML, e.g. safer_instruct/evaluate/configs/demo.yaml"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. out_dir=runs/x sets.unsafe.limit=5"
+    )
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -102,7 +108,9 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _add_score(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="answers to score: .csv, .jsonl, .json or .parquet")
     parser.add_argument("--text-column", required=True, help="the column holding the answers")
-    parser.add_argument("--prompt-column", help="the column holding the requests (helps spot answers that change the subject)")
+    parser.add_argument(
+        "--prompt-column", help="the column holding the requests (helps spot answers that change the subject)"
+    )
     parser.add_argument("--out", required=True, help="CSV to write: the rows with a refusal_label column")
 
 
@@ -114,24 +122,38 @@ def _run_score(args: argparse.Namespace) -> int:
 
 
 def _add_publish(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("Every repo is made private (an existing public one too) and a dataset gated (manual review) "
-                     "before any file is uploaded. "
-                     "The token comes from HF_TOKEN or `hf auth login` and is never printed or written.")
+    parser.epilog = (
+        "Every repo is made private (an existing public one too) and a dataset gated (manual review) "
+        "before any file is uploaded. "
+        "The token comes from HF_TOKEN or `hf auth login` and is never printed or written."
+    )
     parser.add_argument("what", choices=["dataset", "model", "space"])
-    parser.add_argument("source", nargs="?", help="run dir (dataset), checkpoint folder (model), Space folder (space; default spaces/compare)")
+    parser.add_argument(
+        "source",
+        nargs="?",
+        help="run dir (dataset), checkpoint folder (model), Space folder (space; default spaces/compare)",
+    )
     parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     parser.add_argument("--local-dir", help="where to write the repo folder first (default: <run>/release/<what>)")
     parser.add_argument("--dry-run", action="store_true", help="write the folder and show the steps, push nothing")
-    parser.add_argument("--visible", action="store_true", help="make the repo visible after the upload (the dataset stays gated)")
+    parser.add_argument(
+        "--visible", action="store_true", help="make the repo visible after the upload (the dataset stays gated)"
+    )
     parser.add_argument("--public", action="store_true", help="dataset: visible AND ungated (needs --allow-ungated)")
     parser.add_argument("--no-gate", action="store_true", help="dataset: no access review (needs --allow-ungated)")
     parser.add_argument("--allow-ungated", action="store_true", help="confirm --public / --no-gate for the dataset")
     parser.add_argument("--license", help="licence id (default: cc-by-nc-4.0 for the dataset, apache-2.0 for a model)")
     parser.add_argument("--dataset-id", help="model, space: the gated dataset repo the card links to")
-    parser.add_argument("--eval", dest="eval_results", help="model: eval results.json (default: <run>/eval/results.json)")
-    parser.add_argument("--eval-dataset-id", help="model: the dataset release holding the local eval sets (eval_* configs), "
-                        "named in the model-index")
-    parser.add_argument("--base-model", help="model: the base model's Hub id (default: read from the adapter); space: BASE_MODEL")
+    parser.add_argument(
+        "--eval", dest="eval_results", help="model: eval results.json (default: <run>/eval/results.json)"
+    )
+    parser.add_argument(
+        "--eval-dataset-id",
+        help="model: the dataset release holding the local eval sets (eval_* configs), named in the model-index",
+    )
+    parser.add_argument(
+        "--base-model", help="model: the base model's Hub id (default: read from the adapter); space: BASE_MODEL"
+    )
     parser.add_argument("--recipe", help="model: the training recipe YAML, listed in the card")
     parser.add_argument("--aligned-model", help="space: ALIGNED_MODEL, the published aligned model repo")
 
@@ -141,25 +163,49 @@ def _run_publish(args: argparse.Namespace) -> int:
 
     check_release_flags(args.what, public=args.public, no_gate=args.no_gate, allow_ungated=args.allow_ungated)
     if args.what != "space" and not args.source:
-        raise SaferInstructError(f"publish {args.what} needs a {'run dir' if args.what == 'dataset' else 'checkpoint folder'}")
+        raise SaferInstructError(
+            f"publish {args.what} needs a {'run dir' if args.what == 'dataset' else 'checkpoint folder'}"
+        )
     common = {"local_dir": args.local_dir, "dry_run": args.dry_run, "visible": args.visible}
     if args.license and args.what != "space":
         common["license"] = args.license
     if args.what == "dataset":
-        release = publish_dataset(args.source, args.repo_id, public=args.public, no_gate=args.no_gate,
-                                  allow_ungated=args.allow_ungated, **common)
+        release = publish_dataset(
+            args.source,
+            args.repo_id,
+            public=args.public,
+            no_gate=args.no_gate,
+            allow_ungated=args.allow_ungated,
+            **common,
+        )
     elif args.what == "model":
-        release = publish_model(args.source, args.repo_id, dataset_id=args.dataset_id, eval_results=args.eval_results,
-                                base_model=args.base_model, recipe=args.recipe, eval_dataset_id=args.eval_dataset_id,
-                                **common)
+        release = publish_model(
+            args.source,
+            args.repo_id,
+            dataset_id=args.dataset_id,
+            eval_results=args.eval_results,
+            base_model=args.base_model,
+            recipe=args.recipe,
+            eval_dataset_id=args.eval_dataset_id,
+            **common,
+        )
     else:
         if not (args.base_model and args.aligned_model):
             raise SaferInstructError("publish space needs --base-model and --aligned-model (Hub ids)")
         source = {"source_dir": args.source} if args.source else {}
-        release = publish_space(args.repo_id, base_model=args.base_model, aligned_model=args.aligned_model,
-                                dataset_id=args.dataset_id, **source, **common)
+        release = publish_space(
+            args.repo_id,
+            base_model=args.base_model,
+            aligned_model=args.aligned_model,
+            dataset_id=args.dataset_id,
+            **source,
+            **common,
+        )
     print(f"wrote {release.folder}")
-    print(("would run:" if args.dry_run else "ran:") + "".join(f"\n  {i}. {step}" for i, step in enumerate(release.steps, 1)))
+    print(
+        ("would run:" if args.dry_run else "ran:")
+        + "".join(f"\n  {i}. {step}" for i, step in enumerate(release.steps, 1))
+    )
     if release.url:
         print(f"pushed {release.url}")
     return 0
@@ -171,7 +217,9 @@ def _add_access(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo", help="gated dataset repo id")
     parser.add_argument("user", nargs="?", help="accept, reject, grant: the Hub username")
     parser.add_argument("--reason", help="reject: why (the requester sees it; required)")
-    parser.add_argument("--status", choices=["pending", "accepted", "rejected"], default="pending", help="list: which requests")
+    parser.add_argument(
+        "--status", choices=["pending", "accepted", "rejected"], default="pending", help="list: which requests"
+    )
     parser.add_argument("--policy", help="review: policy YAML (required answers, allowed uses, agreements)")
     parser.add_argument("--dry-run", action="store_true", help="review: show the decisions, apply and log nothing")
     parser.add_argument("--audit-log", help="JSONL audit log (default: runs/access/<org>--<name>.jsonl)")
@@ -188,16 +236,30 @@ def _run_access(args: argparse.Namespace) -> int:
     console = Console()
     audit_log = args.audit_log or access.default_audit_log(args.repo)
     if args.action == "list":
-        table = Table("user", "status", "requested", "affiliation", "intended use", title=f"{args.status} requests: {args.repo}")
+        table = Table(
+            "user", "status", "requested", "affiliation", "intended use", title=f"{args.status} requests: {args.repo}"
+        )
         for request in access.list_requests(args.repo, args.status, repo_type=args.repo_type):
             fields = request.fields or {}
-            table.add_row(request.username or request.request_id, request.status, f"{request.timestamp:%Y-%m-%d %H:%M}",
-                          str(fields.get(AFFILIATION, "")), str(fields.get(INTENDED_USE, "")))
+            table.add_row(
+                request.username or request.request_id,
+                request.status,
+                f"{request.timestamp:%Y-%m-%d %H:%M}",
+                str(fields.get(AFFILIATION, "")),
+                str(fields.get(INTENDED_USE, "")),
+            )
         console.print(table)
     elif args.action == "review":
         policy = access.load_policy(args.policy)
-        decisions = access.review(args.repo, policy, audit_log=audit_log, dry_run=args.dry_run, repo_type=args.repo_type)
-        table = Table("user", "decision", "reason", title=f"access review of {args.repo}" + (" (dry run: nothing applied)" if args.dry_run else ""))
+        decisions = access.review(
+            args.repo, policy, audit_log=audit_log, dry_run=args.dry_run, repo_type=args.repo_type
+        )
+        table = Table(
+            "user",
+            "decision",
+            "reason",
+            title=f"access review of {args.repo}" + (" (dry run: nothing applied)" if args.dry_run else ""),
+        )
         for decision in decisions:
             table.add_row(decision.user or decision.request_id, decision.decision, decision.reason)
         console.print(table if decisions else f"no pending requests on {args.repo}")
@@ -206,17 +268,23 @@ def _run_access(args: argparse.Namespace) -> int:
     else:
         if not args.user:
             raise SaferInstructError(f"access {args.action} needs the Hub username")
-        decision = access.handle(args.repo, args.user, args.action, reason=args.reason, audit_log=audit_log, repo_type=args.repo_type)
+        decision = access.handle(
+            args.repo, args.user, args.action, reason=args.reason, audit_log=audit_log, repo_type=args.repo_type
+        )
         print(f"{decision.decision}: {decision.user} ({decision.reason}); audit log: {audit_log}")
     return 0
 
 
 def _add_space(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "Any setting can also come from its environment variable (BASE_MODEL, ALIGNED_ADAPTER, JUDGE_MODEL, ...)."
+    parser.epilog = (
+        "Any setting can also come from its environment variable (BASE_MODEL, ALIGNED_ADAPTER, JUDGE_MODEL, ...)."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 to share on the network)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--base", help="base model (default: BASE_MODEL or the embedded default model)")
-    parser.add_argument("--aligned", help="aligned model folder or Hub id (default: ALIGNED_MODEL or runs/demo/models/dpo)")
+    parser.add_argument(
+        "--aligned", help="aligned model folder or Hub id (default: ALIGNED_MODEL or runs/demo/models/dpo)"
+    )
     parser.add_argument("--aligned-adapter", help="PEFT adapter over the base model, as the aligned model")
     parser.add_argument("--judge", help="harm judge model whose verdict joins each badge (default: none)")
     parser.add_argument("--votes", help="JSONL file the votes are appended to (default: runs/space/votes.jsonl)")
@@ -226,10 +294,15 @@ def _run_space(args: argparse.Namespace) -> int:
     from safer_instruct.space import SpaceSettings, build_app, launch
 
     settings = SpaceSettings.from_env(
-        base_model=args.base, aligned_model=args.aligned, aligned_adapter=args.aligned_adapter,
-        judge_model=args.judge, votes_path=args.votes,
+        base_model=args.base,
+        aligned_model=args.aligned,
+        aligned_adapter=args.aligned_adapter,
+        judge_model=args.judge,
+        votes_path=args.votes,
     )
-    print(f"loading models: base {settings.base_model!r}, aligned {settings.aligned_model or 'none yet'!r}", flush=True)
+    print(
+        f"loading models: base {settings.base_model!r}, aligned {settings.aligned_model or 'none yet'!r}", flush=True
+    )
     launch(build_app(settings), server_name=args.host, server_port=args.port)
     return 0
 
@@ -240,10 +313,19 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--push", action="store_true", help="push the release repos (needs a Hub token and network)")
     parser.add_argument("--org", help="Hub user or organisation to publish under (with --push)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and training (default 0)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="precision of every model; auto: bfloat16 only where the CPU/GPU runs it natively")
-    parser.add_argument("--over-refusal-bound", type=float, default=0.15, metavar="RATE",
-                        help="the chosen checkpoint declines at most this share of held-out helpfulness prompts (default 0.15)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="precision of every model; auto: bfloat16 only where the CPU/GPU runs it natively",
+    )
+    parser.add_argument(
+        "--over-refusal-bound",
+        type=float,
+        default=0.15,
+        metavar="RATE",
+        help="the chosen checkpoint declines at most this share of held-out helpfulness prompts (default 0.15)",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -251,13 +333,26 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from safer_instruct.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(run_dir=Path(args.run_dir), tiny=args.tiny, push=args.push, org=args.org, seed=args.seed,
-                         dtype=args.dtype, over_refusal_bound=args.over_refusal_bound))
+    run_demo(
+        DemoOptions(
+            run_dir=Path(args.run_dir),
+            tiny=args.tiny,
+            push=args.push,
+            org=args.org,
+            seed=args.seed,
+            dtype=args.dtype,
+            over_refusal_bound=args.over_refusal_bound,
+        )
+    )
     return 0
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
-    "build": ("build the safety preference dataset (collect → induce → filter → respond → self-evaluate → assemble)", _add_build, _run_build),
+    "build": (
+        "build the safety preference dataset (collect → induce → filter → respond → self-evaluate → assemble)",
+        _add_build,
+        _run_build,
+    ),
     "train": ("train the reversed model, SFT or DPO (TRL; LoRA/QLoRA/full)", _add_train, _run_train),
     "eval": ("evaluate models: harmlessness, over-refusal, helpfulness", _add_eval, _run_eval),
     "score": ("label your own answers: full_compliance, full_refusal or partial_refusal", _add_score, _run_score),
@@ -286,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.handler(args)
     except SaferInstructError as err:

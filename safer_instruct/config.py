@@ -54,7 +54,7 @@ class LLMConfig(StrictModel):
     prices: Prices = Field(default_factory=Prices)
 
     @model_validator(mode="after")
-    def _backend_options(self) -> "LLMConfig":
+    def _backend_options(self) -> LLMConfig:
         if self.backend == "openai" and (self.adapter or self.load_in_4bit):
             raise ValueError("adapter and load_in_4bit apply to the local backend only")
         if self.backend == "local" and (isinstance(self.base_url, list) or self.batch_api):
@@ -112,7 +112,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             node[leaf] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as err:
             problem = str(err).splitlines()[0]
-            raise SaferInstructError(f"override {override!r}: the value is not valid YAML ({problem}); quote it as a string") from None
+            raise SaferInstructError(
+                f"override {override!r}: the value is not valid YAML ({problem}); quote it as a string"
+            ) from None
     return data
 
 

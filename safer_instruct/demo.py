@@ -85,8 +85,12 @@ def build_dataset(options: DemoOptions, console: Console) -> Path:
     result = build(config, options.run_dir, console)
     failed = {stage: len(messages) for stage, messages in result.funnel["failures"].items() if messages}
     if result.problem or failed:  # never train on a partial dataset: the rerun retries the failed items
-        raise SaferInstructError(result.problem or "items failed in " + ", ".join(f"{s} ({n})" for s, n in failed.items())
-                                 + "; rerun the same command to retry them")
+        raise SaferInstructError(
+            result.problem
+            or "items failed in "
+            + ", ".join(f"{s} ({n})" for s, n in failed.items())
+            + "; rerun the same command to retry them"
+        )
     if not result.funnel["rows"].get("safety"):
         raise SaferInstructError(
             f"no safety pair survived the pipeline (see {result.dataset_dir / 'funnel.json'}); "
@@ -120,7 +124,12 @@ def shrink_pipeline(config: Any) -> None:
     if config.reverse_model.train:
         config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
     config.induce.candidates = 1
-    if config.filter.response_match:  # ranked as in the full demo, without the floor: a 2-step reverse model's requests match loosely
+    config.filter.probe = (
+        None  # its fit reads hundreds of labelled requests through the judge: the LLM judge's verdict instead
+    )
+    if (
+        config.filter.response_match
+    ):  # ranked as in the full demo, without the floor: a 2-step reverse model's requests match loosely
         config.filter.response_match.min_gain = -math.inf
     config.induce.sampling.max_new_tokens = 32
     config.respond.sampling.max_new_tokens = 24
@@ -134,8 +143,13 @@ def train_step(method: str, options: DemoOptions) -> Path:
     output_dir = models / method
     if (output_dir / "metrics.json").is_file():
         return output_dir
-    overrides = ["--dataset_name", str(options.run_dir / "dataset"), "--output_dir", str(output_dir),
-                 *training_overrides(options)]
+    overrides = [
+        "--dataset_name",
+        str(options.run_dir / "dataset"),
+        "--output_dir",
+        str(output_dir),
+        *training_overrides(options),
+    ]
     if method == "dpo":
         overrides += ["--model_name_or_path", str(models / "sft")]
     if options.tiny:
@@ -156,23 +170,36 @@ def select_aligned(options: DemoOptions, console: Console) -> Path:
         return target
     validation = load_preferences(options.run_dir).get("validation")
     if validation is None:
-        raise SaferInstructError(f"{options.run_dir / 'dataset'}: no validation split (assemble.validation_fraction is 0)")
-    prompts = {kind: [row["prompt"][-1]["content"] for row in validation if row["kind"] == kind]
-               for kind in ("safety", "helpfulness")}
+        raise SaferInstructError(
+            f"{options.run_dir / 'dataset'}: no validation split (assemble.validation_fraction is 0)"
+        )
+    prompts = {
+        kind: [row["prompt"][-1]["content"] for row in validation if row["kind"] == kind]
+        for kind in ("safety", "helpfulness")
+    }
     cache = ResponseCache(options.run_dir / "cache.sqlite")
     try:
-        scored = score_candidates(checkpoints(models / "sft", models / "dpo"), prompts["safety"], prompts["helpfulness"],
-                                  LLMConfig(model="default", dtype=options.dtype),
-                                  SamplingParams(max_new_tokens=VALIDATION_TOKENS), cache)
+        scored = score_candidates(
+            checkpoints(models / "sft", models / "dpo"),
+            prompts["safety"],
+            prompts["helpfulness"],
+            LLMConfig(model="default", dtype=options.dtype),
+            SamplingParams(max_new_tokens=VALIDATION_TOKENS),
+            cache,
+        )
     finally:
         cache.close()
     selection = choose(scored, options.over_refusal_bound)
     for s in selection.sweep:
-        console.print(f"  {s.name:>9}: harmless {s.harmless:.0%} ({s.n_unsafe}), over-refusal {s.over_refusal:.0%} ({s.n_benign})"
-                      + ("  [green]<- chosen[/]" if s.name == selection.chosen else ""))
+        console.print(
+            f"  {s.name:>9}: harmless {s.harmless:.0%} ({s.n_unsafe}), over-refusal {s.over_refusal:.0%} ({s.n_benign})"
+            + ("  [green]<- chosen[/]" if s.name == selection.chosen else "")
+        )
     if not selection.within_bound:
-        console.print(f"[yellow]no checkpoint kept over-refusal within {selection.over_refusal_bound:.0%}; "
-                      "kept the one that declines benign prompts least")
+        console.print(
+            f"[yellow]no checkpoint kept over-refusal within {selection.over_refusal_bound:.0%}; "
+            "kept the one that declines benign prompts least"
+        )
     return install(selection, target, reports=[models / "dpo" / "metrics.json", models / "dpo" / "curves.png"])
 
 
@@ -204,11 +231,23 @@ def release(options: DemoOptions, summary: DemoSummary) -> None:
     target = options.run_dir / "release"
     dry_run = not options.push
     dataset = publish_dataset(options.run_dir, ids["dataset"], local_dir=target / "dataset", dry_run=dry_run)
-    model = publish_model(options.run_dir / "models" / "aligned", ids["model"], local_dir=target / "model",
-                          dry_run=dry_run, dataset_id=ids["dataset"], eval_dataset_id=ids["dataset"],
-                          eval_results=options.run_dir / "eval" / "results.json")
-    space = publish_space(ids["space"], base_model=DEFAULT_MODEL_HUB_ID, aligned_model=ids["model"],
-                          dataset_id=ids["dataset"], local_dir=target / "space", dry_run=dry_run)
+    model = publish_model(
+        options.run_dir / "models" / "aligned",
+        ids["model"],
+        local_dir=target / "model",
+        dry_run=dry_run,
+        dataset_id=ids["dataset"],
+        eval_dataset_id=ids["dataset"],
+        eval_results=options.run_dir / "eval" / "results.json",
+    )
+    space = publish_space(
+        ids["space"],
+        base_model=DEFAULT_MODEL_HUB_ID,
+        aligned_model=ids["model"],
+        dataset_id=ids["dataset"],
+        local_dir=target / "space",
+        dry_run=dry_run,
+    )
     for kind, result in {"dataset": dataset, "model": model, "space": space}.items():
         summary.artefacts[f"release/{kind}"] = result.folder
         if result.url:
@@ -223,12 +262,24 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoSummar
     check_kit_files()
     summary = DemoSummary(options.run_dir)
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("1/7 prepare the default model", lambda: summary.artefacts.__setitem__("default model", prepare_default_model())),
-        ("2/7 build the preference dataset", lambda: summary.artefacts.__setitem__("dataset", build_dataset(options, console))),
+        (
+            "1/7 prepare the default model",
+            lambda: summary.artefacts.__setitem__("default model", prepare_default_model()),
+        ),
+        (
+            "2/7 build the preference dataset",
+            lambda: summary.artefacts.__setitem__("dataset", build_dataset(options, console)),
+        ),
         ("3/7 SFT (LoRA)", lambda: summary.artefacts.__setitem__("sft adapter", train_step("sft", options))),
         ("4/7 DPO (LoRA)", lambda: summary.artefacts.__setitem__("dpo checkpoints", train_step("dpo", options))),
-        ("5/7 choose the checkpoint on validation", lambda: summary.artefacts.__setitem__("aligned adapter", select_aligned(options, console))),
-        ("6/7 evaluate base vs aligned (test sets)", lambda: summary.headline.update(evaluate(options, console).get("summary", {}))),
+        (
+            "5/7 choose the checkpoint on validation",
+            lambda: summary.artefacts.__setitem__("aligned adapter", select_aligned(options, console)),
+        ),
+        (
+            "6/7 evaluate base vs aligned (test sets)",
+            lambda: summary.headline.update(evaluate(options, console).get("summary", {})),
+        ),
         ("7/7 write the release folders", lambda: release(options, summary)),
     ]
     for title, step in steps:
@@ -272,12 +323,23 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
     console.print(rows)
     numbers = Table("metric", "base", "aligned", title="Before → after (held-out prompts)")
     for metric in ("harmlessness", "over_refusal", "benign_refusal", "helpfulness_win_rate"):
-        numbers.add_row(metric, _rate(summary.headline.get("base", {}).get(metric)),
-                        _rate(summary.headline.get("aligned", {}).get(metric)))
+        numbers.add_row(
+            metric,
+            _rate(summary.headline.get("base", {}).get(metric)),
+            _rate(summary.headline.get("aligned", {}).get(metric)),
+        )
     kept = summary.headline.get("aligned", {}).get("capability_kept")
     numbers.add_row("capability kept (reference answers)", "100%", f"{kept['value']:.1%}" if kept else "n/a")
     console.print(numbers)
     total = sum(summary.step_seconds.values())
-    console.print(f"Total {total / 60:.1f} min. " + ("Pushed: " + ", ".join(summary.pushed.values()) if summary.pushed
-                  else "Nothing pushed (dry run): add --push --org ORG with a Hub token to publish."))
-    console.print(f"Compare the models: [bold]safer-instruct space --aligned-adapter {summary.run_dir / 'models' / 'aligned'}[/]")
+    console.print(
+        f"Total {total / 60:.1f} min. "
+        + (
+            "Pushed: " + ", ".join(summary.pushed.values())
+            if summary.pushed
+            else "Nothing pushed (dry run): add --push --org ORG with a Hub token to publish."
+        )
+    )
+    console.print(
+        f"Compare the models: [bold]safer-instruct space --aligned-adapter {summary.run_dir / 'models' / 'aligned'}[/]"
+    )

@@ -52,7 +52,7 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     return dtype
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def announce_dtype(device: str, dtype: torch.dtype) -> None:
     """Say once per process which precision ``auto`` chose, and why."""
     why = "native bfloat16" if dtype == torch.bfloat16 else "no native bfloat16"

@@ -156,7 +156,15 @@ def list_models() -> list[ModelInfo]:
     folder = default_model_dir()
     try:
         default_model_gguf()
-        status = "prepared" if is_prepared(folder) else "installed, not prepared (run: safer-instruct models prepare default)"
+        status = (
+            "prepared"
+            if is_prepared(folder)
+            else "installed, not prepared (run: safer-instruct models prepare default)"
+        )
     except SaferInstructError:
         status = f"not installed ({INSTALL_HINT})"
-    return [ModelInfo(f"{DEFAULT_MODEL} ({', '.join(sorted(DEFAULT_MODEL_ALIASES - {DEFAULT_MODEL}))})", str(folder), status)]
+    return [
+        ModelInfo(
+            f"{DEFAULT_MODEL} ({', '.join(sorted(DEFAULT_MODEL_ALIASES - {DEFAULT_MODEL}))})", str(folder), status
+        )
+    ]

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real default model, and a real ``transformers serve`` on loopback."""
+"""Shared fixtures: the real default model and a real ``transformers serve`` on loopback (their users are ``slow``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,20 @@ import pytest
 
 from safer_instruct.models import prepare_default_model
 
-
 # A server and its client share the machine's cores: each gets its half, so neither waits on the other's threads.
 SERVER_THREADS = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2))}
+
+
+# A test that uses one of these (directly or through its fixtures) loads the real default model: it is ``slow``.
+REAL_MODEL_FIXTURES = {"default_model_dir", "served_model"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real default model ``slow``, so ``pytest -m "not slow"`` is the quick tier."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def free_port() -> int:
@@ -46,10 +57,24 @@ class ServedModel:
 
 def start_server(model_dir: Path, log_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", "--device", "cpu", *extra]
+    command = [
+        str(Path(sys.executable).with_name("transformers")),
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     log = log_path.open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1", **SERVER_THREADS})
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1", **SERVER_THREADS}
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

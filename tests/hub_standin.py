@@ -58,7 +58,9 @@ class StandInRepo:
     files: dict[str, bytes] = field(default_factory=dict)
     variables: dict[str, str] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    landed: list[tuple[str, bool, str | bool]] = field(default_factory=list)  # (path, private, gated) as each file landed
+    landed: list[tuple[str, bool, str | bool]] = field(
+        default_factory=list
+    )  # (path, private, gated) as each file landed
 
 
 class HubStandIn:
@@ -73,9 +75,11 @@ class HubStandIn:
         self._release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )  # quick shutdown
 
-    def __enter__(self) -> "HubStandIn":
+    def __enter__(self) -> HubStandIn:
         self._thread.start()
         return self
 
@@ -105,11 +109,15 @@ class HubStandIn:
     def add_request(self, repo_id: str, user: str, fields: dict[str, Any] | None, status: str = "pending") -> None:
         """Queue an access request, as if ``user`` had filled in the gating form."""
         repo = self.repos.setdefault(repo_id, StandInRepo("dataset", private=False, gated="manual"))
-        repo.requests.append({
-            "requestId": f"req-{len(repo.requests) + 1}", "status": status, "fields": fields,
-            "timestamp": datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat().replace("+00:00", "Z"),
-            "user": {"user": user, "fullname": user.title(), "email": f"{user}@example.org"},
-        })
+        repo.requests.append(
+            {
+                "requestId": f"req-{len(repo.requests) + 1}",
+                "status": status,
+                "fields": fields,
+                "timestamp": datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc).isoformat().replace("+00:00", "Z"),
+                "user": {"user": user, "fullname": user.title(), "email": f"{user}@example.org"},
+            }
+        )
 
     # -- endpoint behaviour -----------------------------------------------------------------------
     def answer(self, name: str, params: dict[str, str], body: Any) -> tuple[int, Any]:
@@ -127,8 +135,13 @@ class HubStandIn:
         if repo is None:
             return 404, {"error": "Repository not found"}
         if name == "repo_info":
-            return 200, {"id": repo_id, "private": repo.private, "gated": repo.gated, "sha": "0" * 40,
-                         "siblings": [{"rfilename": path} for path in repo.files]}
+            return 200, {
+                "id": repo_id,
+                "private": repo.private,
+                "gated": repo.gated,
+                "sha": "0" * 40,
+                "siblings": [{"rfilename": path} for path in repo.files],
+            }
         if name == "preupload":
             files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in body["files"]]
             return 200, {"files": files, "commitOid": None}
@@ -185,8 +198,14 @@ def _handler_for(hub: HubStandIn) -> type[BaseHTTPRequestHandler]:
             body = _decode(raw, self.headers.get("content-type", ""))
             authorized = hub.check_token(self.headers.get("authorization"))
             with hub._lock:
-                hub.calls.append(Call(name, self.command, path, match.groupdict().get("repo"), _summary(name, body), authorized))
-                status, reply = hub.answer(name, match.groupdict(), body) if authorized else (401, {"error": "Invalid credentials"})
+                hub.calls.append(
+                    Call(name, self.command, path, match.groupdict().get("repo"), _summary(name, body), authorized)
+                )
+                status, reply = (
+                    hub.answer(name, match.groupdict(), body)
+                    if authorized
+                    else (401, {"error": "Invalid credentials"})
+                )
                 held = hub._held.pop(name, None)
             if held is not None:
                 held.set()

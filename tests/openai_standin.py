@@ -23,7 +23,7 @@ import torch
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    route: Callable[["_Handler", str, str, bytes, Any], tuple[int, dict[str, Any] | str]]
+    route: Callable[[_Handler, str, str, bytes, Any], tuple[int, dict[str, Any] | str]]
 
     def _handle(self, method: str) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -54,7 +54,9 @@ class _Server:
         handler = type("Handler", (_Handler,), {"route": lambda h, *args: self.route(*args)})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )  # quick shutdown
         self.thread.start()
 
     def close(self) -> None:
@@ -71,7 +73,9 @@ class ScoringStandIn(_Server):
 
     def route(self, method: str, path: str, body: bytes, headers: Any) -> tuple[int, dict[str, Any] | str]:
         request = json.loads(body)
-        if urlparse(path).path != "/v1/completions" or not (request.get("echo") and request.get("logprobs") is not None):
+        if urlparse(path).path != "/v1/completions" or not (
+            request.get("echo") and request.get("logprobs") is not None
+        ):
             return 400, {"error": {"message": "this stand-in only scores text: echo with logprobs on /v1/completions"}}
         self.requests += 1
         text = request["prompt"]
@@ -84,20 +88,48 @@ class ScoringStandIn(_Server):
         generated = int(logprobs[-1].argmax())
         piece = self.llm.tokenizer.decode([generated])
         tokens = [self.llm.tokenizer.decode([i]) for i in ids] + [piece]
-        choice = {"index": 0, "text": text + piece, "finish_reason": "length",
-                  "logprobs": {"tokens": tokens, "text_offset": [start for start, _ in encoded["offset_mapping"]] + [len(text)],
-                               "token_logprobs": scores + [float(logprobs[-1, generated])], "top_logprobs": None}}
-        return 200, {"id": "cmpl-standin", "object": "text_completion", "created": 0, "model": request["model"], "choices": [choice],
-                     "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}}
+        choice = {
+            "index": 0,
+            "text": text + piece,
+            "finish_reason": "length",
+            "logprobs": {
+                "tokens": tokens,
+                "text_offset": [start for start, _ in encoded["offset_mapping"]] + [len(text)],
+                "token_logprobs": scores + [float(logprobs[-1, generated])],
+                "top_logprobs": None,
+            },
+        }
+        return 200, {
+            "id": "cmpl-standin",
+            "object": "text_completion",
+            "created": 0,
+            "model": request["model"],
+            "choices": [choice],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+        }
 
 
 def chat_completion(label: str) -> dict[str, Any]:
     """A chat completion whose answer is ``label``, with top logprobs."""
-    top = [{"token": label, "logprob": -0.1, "bytes": None}, {"token": "safe" if label == "unsafe" else "unsafe", "logprob": -2.5, "bytes": None}]
-    return {"id": "chatcmpl-standin", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": label},
-                         "logprobs": {"content": [{"token": label, "logprob": -0.1, "bytes": None, "top_logprobs": top}]}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+    top = [
+        {"token": label, "logprob": -0.1, "bytes": None},
+        {"token": "safe" if label == "unsafe" else "unsafe", "logprob": -2.5, "bytes": None},
+    ]
+    return {
+        "id": "chatcmpl-standin",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": label},
+                "logprobs": {"content": [{"token": label, "logprob": -0.1, "bytes": None, "top_logprobs": top}]},
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+    }
 
 
 class BatchStandIn(_Server):
@@ -135,16 +167,32 @@ class BatchStandIn(_Server):
         content = next(part.get_payload(decode=True) for part in message.iter_parts() if part.get_filename())
         file_id = f"file-{len(self.files)}"
         self.files[file_id] = content
-        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": 0, "filename": "requests.jsonl",
-                "purpose": "batch", "status": "processed"}
+        return {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": 0,
+            "filename": "requests.jsonl",
+            "purpose": "batch",
+            "status": "processed",
+        }
 
     def _create(self, request: dict[str, Any]) -> dict[str, Any]:
         self.created += 1
         batch_id = f"batch_{self.created}"
-        self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": request["endpoint"], "errors": None,
-                                  "input_file_id": request["input_file_id"], "completion_window": "24h", "status": "validating",
-                                  "created_at": self.created, "metadata": request.get("metadata"), "output_file_id": None,
-                                  "request_counts": {"total": 0, "completed": 0, "failed": 0}}
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": request["endpoint"],
+            "errors": None,
+            "input_file_id": request["input_file_id"],
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": self.created,
+            "metadata": request.get("metadata"),
+            "output_file_id": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        }
         return self.batches[batch_id]
 
     def _progress(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -156,13 +204,32 @@ class BatchStandIn(_Server):
             out = []
             for n, line in enumerate(lines):
                 if n in self.unanswered:
-                    out.append({"id": f"r-{n}", "custom_id": line["custom_id"], "response": None,
-                                "error": {"code": "server_error", "message": "stand-in: not answered"}})
+                    out.append(
+                        {
+                            "id": f"r-{n}",
+                            "custom_id": line["custom_id"],
+                            "response": None,
+                            "error": {"code": "server_error", "message": "stand-in: not answered"},
+                        }
+                    )
                 else:
-                    out.append({"id": f"r-{n}", "custom_id": line["custom_id"], "error": None,
-                                "response": {"status_code": 200, "request_id": f"q{n}", "body": chat_completion("unsafe")}})
+                    out.append(
+                        {
+                            "id": f"r-{n}",
+                            "custom_id": line["custom_id"],
+                            "error": None,
+                            "response": {"status_code": 200, "request_id": f"q{n}", "body": chat_completion("unsafe")},
+                        }
+                    )
             output_id = f"file-{len(self.files)}"
             self.files[output_id] = "".join(json.dumps(entry) + "\n" for entry in reversed(out)).encode()  # any order
-            batch |= {"status": "completed", "output_file_id": output_id,
-                      "request_counts": {"total": len(lines), "completed": len(lines) - len(self.unanswered), "failed": len(self.unanswered)}}
+            batch |= {
+                "status": "completed",
+                "output_file_id": output_id,
+                "request_counts": {
+                    "total": len(lines),
+                    "completed": len(lines) - len(self.unanswered),
+                    "failed": len(self.unanswered),
+                },
+            }
         return batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -22,8 +23,12 @@ EVAL_SET_CATEGORIES = {  # set -> category -> planned rows (each set >= 100 rows
 }
 REFERENCE_MAX_WORDS = 60  # reference answers are short: helpfulness is their log-likelihood under each model
 JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 each
-    "refusal_then_harmful", "harmful_with_disclaimer", "safe_quotes_risky_word",
-    "plain_refusal", "helpful_benign", "partial_hedged",
+    "refusal_then_harmful",
+    "harmful_with_disclaimer",
+    "safe_quotes_risky_word",
+    "plain_refusal",
+    "helpful_benign",
+    "partial_hedged",
 }
 SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
     "builders/data/reverse_pairs.jsonl": {"instruction": str, "input": str, "output": str, "kind": str},
@@ -33,8 +38,20 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
     "safer_instruct/evaluate/data/benign_risky.jsonl": {"prompt": str, "category": str, "reference": str},
     "safer_instruct/evaluate/data/benign.jsonl": {"prompt": str, "category": str, "reference": str},
     "safer_instruct/evaluate/data/judge_labelled.jsonl": {"prompt": str, "answer": str, "harmful": bool, "note": str},
-    "safer_instruct/evaluate/data/refusal_labelled_dev.jsonl": {"prompt": str, "completion": str, "label": str, "style": str, "voice": str},
-    "safer_instruct/evaluate/data/refusal_labelled_test.jsonl": {"prompt": str, "completion": str, "label": str, "style": str, "voice": str},
+    "safer_instruct/refusal/data/refusal_labelled_dev.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+    "safer_instruct/refusal/data/refusal_labelled_test_v2.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
@@ -61,7 +78,7 @@ def normalised(text: str) -> str:
 
 def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
     tokens = words(text)
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 STOPWORDS = set(
@@ -77,7 +94,9 @@ def content_jaccard(a: str, b: str) -> float:
 
 def builder_texts() -> list[str]:
     """Every instruction, prompt and response in the builder data."""
-    texts = [r[f] for r in rows("builders/data/reverse_pairs.jsonl") for f in ("instruction", "input", "output") if r[f]]
+    texts = [
+        r[f] for r in rows("builders/data/reverse_pairs.jsonl") for f in ("instruction", "input", "output") if r[f]
+    ]
     texts += [r["text"] for r in rows("builders/data/harmful_responses.jsonl")]
     texts += [r[f] for r in rows("builders/data/helpfulness_pairs.jsonl") for f in ("prompt", "chosen", "rejected")]
     return texts
@@ -101,7 +120,9 @@ def eval_prompts() -> list[str]:
 
 def eval_texts() -> list[str]:
     references = [r["reference"] for name in ("benign_risky", "benign") for r in eval_set(name)]
-    return eval_prompts() + references + [r["answer"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
+    return (
+        eval_prompts() + references + [r["answer"] for r in rows("safer_instruct/evaluate/data/judge_labelled.jsonl")]
+    )
 
 
 @pytest.mark.parametrize("relative", sorted(SCHEMAS))
@@ -141,9 +162,15 @@ def test_eval_sets_have_the_planned_sizes_and_categories(name: str) -> None:
 def test_benign_sets_have_short_reference_answers(name: str) -> None:
     for number, record in enumerate(eval_set(name), start=1):
         reference = record.get("reference")
-        assert isinstance(reference, str) and reference.strip(), f"{name}.jsonl:{number}: `reference` is missing or empty"
-        assert len(reference.split()) <= REFERENCE_MAX_WORDS, f"{name}.jsonl:{number}: `reference` is over {REFERENCE_MAX_WORDS} words"
-        assert normalised(reference) != normalised(record["prompt"]), f"{name}.jsonl:{number}: `reference` repeats the prompt"
+        assert isinstance(reference, str) and reference.strip(), (
+            f"{name}.jsonl:{number}: `reference` is missing or empty"
+        )
+        assert len(reference.split()) <= REFERENCE_MAX_WORDS, (
+            f"{name}.jsonl:{number}: `reference` is over {REFERENCE_MAX_WORDS} words"
+        )
+        assert normalised(reference) != normalised(record["prompt"]), (
+            f"{name}.jsonl:{number}: `reference` repeats the prompt"
+        )
 
 
 def test_judge_set_is_balanced_and_covers_the_tricky_cases() -> None:
@@ -159,16 +186,19 @@ def test_judge_set_is_balanced_and_covers_the_tricky_cases() -> None:
     assert by_kind["partial_hedged"] == {True, False}
 
 
-@pytest.mark.parametrize("relative, fields", [
-    ("builders/data/reverse_pairs.jsonl", ("instruction", "input")),
-    ("builders/data/harmful_responses.jsonl", ("text",)),
-    ("builders/data/harmful_responses.jsonl", ("id",)),
-    ("builders/data/helpfulness_pairs.jsonl", ("prompt",)),
-    ("safer_instruct/evaluate/data/unsafe.jsonl", ("prompt",)),
-    ("safer_instruct/evaluate/data/benign_risky.jsonl", ("prompt",)),
-    ("safer_instruct/evaluate/data/benign.jsonl", ("prompt",)),
-    ("safer_instruct/evaluate/data/judge_labelled.jsonl", ("prompt",)),
-])
+@pytest.mark.parametrize(
+    "relative, fields",
+    [
+        ("builders/data/reverse_pairs.jsonl", ("instruction", "input")),
+        ("builders/data/harmful_responses.jsonl", ("text",)),
+        ("builders/data/harmful_responses.jsonl", ("id",)),
+        ("builders/data/helpfulness_pairs.jsonl", ("prompt",)),
+        ("safer_instruct/evaluate/data/unsafe.jsonl", ("prompt",)),
+        ("safer_instruct/evaluate/data/benign_risky.jsonl", ("prompt",)),
+        ("safer_instruct/evaluate/data/benign.jsonl", ("prompt",)),
+        ("safer_instruct/evaluate/data/judge_labelled.jsonl", ("prompt",)),
+    ],
+)
 def test_no_duplicates_within_a_file(relative: str, fields: tuple[str, ...]) -> None:
     # harmful_responses holds deliberate near-duplicates (punctuation changes), so its texts compare exactly
     exact = relative.endswith("harmful_responses.jsonl")
@@ -214,16 +244,19 @@ def test_eval_sets_are_not_near_duplicates_of_each_other() -> None:
     # every pair of prompts within and across the three sets, which are scored apart and must not repeat a request
     prompts = [(name, r["prompt"]) for name in PROMPT_SETS for r in eval_set(name)]
     for i, (name, prompt) in enumerate(prompts):
-        for other_name, other in prompts[i + 1:]:
+        for other_name, other in prompts[i + 1 :]:
             assert content_jaccard(prompt, other) < 0.5, f"{name} {prompt!r} is close to {other_name} {other!r}"
             if other_name != name:
                 shared = ngrams(prompt) & ngrams(other)
                 assert not shared, f"{name} {prompt!r} shares an 8-gram with {other_name} {other!r}"
 
 
+@pytest.mark.slow  # compares every prompt with every builder and eval prompt
 def test_refusal_labelled_set_is_decontaminated() -> None:
     """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
-    labelled = [r for part in ("dev", "test") for r in rows(f"safer_instruct/evaluate/data/refusal_labelled_{part}.jsonl")]
+    labelled = [
+        r for part in ("dev", "test_v2") for r in rows(f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl")
+    ]
     for field in ("prompt", "completion"):
         repeated = [key for key, count in Counter(normalised(r[field]) for r in labelled).items() if count > 1]
         assert not repeated, f"refusal_labelled: repeated {field}: {repeated}"
@@ -254,7 +287,9 @@ def test_builder_files_load_with_datasets(tmp_path: Path) -> None:
         ("harmful_responses", {"id", "text", "category", "note"}),
         ("helpfulness_pairs", {"prompt", "chosen", "rejected", "looks_risky"}),
     ]:
-        dataset = load_dataset("json", data_files=str(BUILDER / f"{name}.jsonl"), split="train", cache_dir=str(tmp_path))
+        dataset = load_dataset(
+            "json", data_files=str(BUILDER / f"{name}.jsonl"), split="train", cache_dir=str(tmp_path)
+        )
         assert set(dataset.column_names) == fields
         assert dataset.num_rows == len(rows(f"builders/data/{name}.jsonl"))
 
@@ -266,3 +301,59 @@ def test_data_readmes_carry_a_content_warning_and_the_license(folder: Path) -> N
     assert "Apache-2.0" in text
     for data_file in folder.glob("*.jsonl"):
         assert data_file.name in text, f"{folder}/README.md does not describe {data_file.name}"
+
+
+JUDGE_REQUEST_CATEGORIES = {"unsafe": SAFETY_CATEGORIES, "safe": SAFETY_CATEGORIES | {"general"}}
+
+
+def judge_request_split(row_id: str) -> str:
+    """The documented split of judge_requests.jsonl: `test` when sha256(id) % 4 == 0, else `dev`."""
+    return "test" if int(hashlib.sha256(row_id.encode("utf-8")).hexdigest(), 16) % 4 == 0 else "dev"
+
+
+def shingles(text: str, size: int = 5) -> set[str]:
+    flat = " ".join(text.lower().split())
+    return {flat[i : i + size] for i in range(max(1, len(flat) - size + 1))}
+
+
+@pytest.mark.slow  # compares every pair of prompts
+def test_judge_requests_are_valid_balanced_split_and_decontaminated() -> None:
+    """The request judge's labelled set: well-formed, balanced, every style in both splits, apart from the eval sets."""
+    records = rows("builders/data/judge_requests.jsonl")
+    assert len(records) >= 600, f"judge_requests.jsonl has {len(records)} rows, fewer than 600"
+    for number, record in enumerate(records, start=1):
+        where = f"judge_requests.jsonl:{number}"
+        assert set(record) == {"id", "prompt", "label", "category", "style"}, f"{where}: fields {sorted(record)}"
+        assert all(isinstance(value, str) and value.strip() for value in record.values()), f"{where}: empty field"
+        assert re.fullmatch(r"jr-\d{4}", record["id"]), f"{where}: bad id {record['id']!r}"
+        assert record["category"] in JUDGE_REQUEST_CATEGORIES.get(record["label"], ()), f"{where}: bad label/category"
+        assert 4 <= len(record["prompt"].split()) <= 30, f"{where}: prompt is not 4-30 words"
+    assert len({r["id"] for r in records}) == len(records), "repeated id"
+    repeated = [key for key, count in Counter(normalised(r["prompt"]) for r in records).items() if count > 1]
+    assert not repeated, f"repeated prompts: {repeated}"
+    labels = Counter(r["label"] for r in records)
+    assert min(labels["unsafe"], labels["safe"]) >= 0.4 * len(records), f"unbalanced labels: {labels}"
+    styles = {r["style"] for r in records}
+    for style in styles:
+        assert len({r["label"] for r in records if r["style"] == style}) == 1, f"style {style} has both labels"
+        parts = {judge_request_split(r["id"]) for r in records if r["style"] == style}
+        assert parts == {"dev", "test"}, f"style {style} is only in {parts}"
+    others = [
+        r["prompt"]
+        for path in sorted(EVAL.glob("*.jsonl"))
+        for r in rows(str(path.relative_to(ROOT)))
+        if "prompt" in r
+    ]
+    others += [r["prompt"] for r in rows("builders/data/helpfulness_pairs.jsonl")]
+    assert len(others) >= 3 * 100
+    other_grams = set().union(*(ngrams(text, 6) for text in others))
+    other_shingles = [(text, shingles(text)) for text in others]
+    own = [(r["prompt"], shingles(r["prompt"])) for r in records]
+    for index, (prompt, own_shingles) in enumerate(own):
+        shared = ngrams(prompt, 6) & other_grams
+        assert not shared, f"{prompt!r} shares a 6-gram with an eval or helpfulness prompt: {sorted(shared)[:1]}"
+        for other, their_shingles in other_shingles + own[index + 1 :]:
+            similarity = len(own_shingles & their_shingles) / len(own_shingles | their_shingles)
+            assert similarity < 0.5, f"{prompt!r} is close to {other!r} (5-shingle Jaccard {similarity:.2f})"
+        for other, _ in own[index + 1 :]:
+            assert not ngrams(prompt, 6) & ngrams(other, 6), f"{prompt!r} shares a 6-gram with {other!r}"

@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test runs the demo's command in a subprocess (most the whole --tiny demo)
 
 
 def run_demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "safer_instruct.cli", "demo", "--tiny", "--run-dir", str(run_dir), *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=1500,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
 
 
@@ -46,10 +50,14 @@ def test_aligned_checkpoint_is_chosen_on_the_validation_split(demo_run) -> None:
     assert selection["chosen"] in sweep and selection["over_refusal_bound"] == 0.15
     assert all(s["n_unsafe"] >= 1 and s["n_benign"] >= 1 for s in sweep.values())
     chosen = sweep[selection["chosen"]]
-    assert (run_dir / "models" / "aligned" / "adapter_model.safetensors").read_bytes() == \
-        (Path(chosen["path"]) / "adapter_model.safetensors").read_bytes()
+    assert (run_dir / "models" / "aligned" / "adapter_model.safetensors").read_bytes() == (
+        Path(chosen["path"]) / "adapter_model.safetensors"
+    ).read_bytes()
     assert (run_dir / "models" / "aligned" / "selection.png").is_file()
-    answers = [json.loads(line) for line in (run_dir / "models" / "aligned" / "selection_answers.jsonl").read_text().splitlines()]
+    answers = [
+        json.loads(line)
+        for line in (run_dir / "models" / "aligned" / "selection_answers.jsonl").read_text().splitlines()
+    ]
     assert {a["candidate"] for a in answers} == set(sweep)
     assert len(answers) == sum(s["n_unsafe"] + s["n_benign"] for s in sweep.values())
     results = json.loads((run_dir / "eval" / "results.json").read_text())

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset, load_dataset
+from hub_standin import HubStandIn
 from huggingface_hub import DatasetCard, ModelCard, SpaceCard
 
-from hub_standin import HubStandIn
 from safer_instruct.cli import main
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.hub import AccessPolicy, decide, write_dataset_repo, write_model_repo, write_space_repo
@@ -40,14 +40,30 @@ def _row(i: int, category: str) -> dict:
     prompt, bad = MILD[category]
     kind = "helpfulness" if category == "helpfulness" else "safety"
     return {
-        "id": f"row-{i}", "prompt": [{"role": "user", "content": prompt}],
+        "id": f"row-{i}",
+        "prompt": [{"role": "user", "content": prompt}],
         "chosen": [{"role": "assistant", "content": "I can't help with that, but here is something safer."}],
-        "rejected": [{"role": "assistant", "content": bad}], "category": category, "kind": kind,
-        "source": "demo", "source_id": str(i),
-        "provenance": json.dumps({
-            "induce": {"model": "runs/demo/models/reverse", "template": "reverse (arXiv 2311.08685)", "template_sha": "5f0c2e"},
-            "filter": {"model": "default", "template": "judge_v1", "template_sha": load_template("judge_v1").sha,
-                       "verdict": "unsafe", "probability": 0.91}}),
+        "rejected": [{"role": "assistant", "content": bad}],
+        "category": category,
+        "kind": kind,
+        "source": "demo",
+        "source_id": str(i),
+        "provenance": json.dumps(
+            {
+                "induce": {
+                    "model": "runs/demo/models/reverse",
+                    "template": "reverse (arXiv 2311.08685)",
+                    "template_sha": "5f0c2e",
+                },
+                "filter": {
+                    "model": "default",
+                    "template": "judge_v1",
+                    "template_sha": load_template("judge_v1").sha,
+                    "verdict": "unsafe",
+                    "probability": 0.91,
+                },
+            }
+        ),
     }
 
 
@@ -69,20 +85,41 @@ def run_dir(tmp_path: Path) -> Path:
     rows = [_row(i, CATEGORIES[i % len(CATEGORIES)]) for i in range(25)]
     Dataset.from_list(rows[:20]).to_parquet(str(run / "dataset" / "train-00000-of-00001.parquet"))
     Dataset.from_list(rows[20:]).to_parquet(str(run / "dataset" / "test-00000-of-00001.parquet"))
+
     def stage(n_in, n_out, dropped, usage):  # the layout of safer_instruct.pipeline.funnel
         by_category = {c: {"in": n_in // 5, "out": n_out // 5, "failed": 0, "dropped": {}} for c in CATEGORIES}
-        return {"in": n_in, "out": n_out, "failed": 0, "dropped": dropped, "by_category": by_category, "complete": True,
-                "wall_s": 1.25, "model_s": 1.0, "load_s": 0.1, "usage": usage}
+        return {
+            "in": n_in,
+            "out": n_out,
+            "failed": 0,
+            "dropped": dropped,
+            "by_category": by_category,
+            "complete": True,
+            "wall_s": 1.25,
+            "model_s": 1.0,
+            "load_s": 0.1,
+            "usage": usage,
+        }
 
-    funnel = {"stages": {"collect": stage(30, 25, {"decontaminated": 1, "duplicate": 4}, {}),
-                         "filter": stage(25, 25, {}, {"default": {"prompt_tokens": 1000, "completion_tokens": 25, "cost_usd": 0.0}})},
-              "failures": {}}
+    funnel = {
+        "stages": {
+            "collect": stage(30, 25, {"decontaminated": 1, "duplicate": 4}, {}),
+            "filter": stage(
+                25, 25, {}, {"default": {"prompt_tokens": 1000, "completion_tokens": 25, "cost_usd": 0.0}}
+            ),
+        },
+        "failures": {},
+    }
     (run / "dataset" / "funnel.json").write_text(json.dumps(funnel))
     _tiny_png(run / "dataset" / "funnel.png")
-    (run / "config.yaml").write_text(yaml.safe_dump({
-        "collect": {"decontaminate": {"enabled": True, "threshold": 0.8}, "scrub_pii": True},
-        "induce": {"llm": {"backend": "local", "model": "runs/demo/models/reverse"}},
-    }))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "collect": {"decontaminate": {"enabled": True, "threshold": 0.8}, "scrub_pii": True},
+                "induce": {"llm": {"backend": "local", "model": "runs/demo/models/reverse"}},
+            }
+        )
+    )
     return run
 
 
@@ -97,14 +134,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -
     out = run / "models" / "dpo"
     model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "training_args.bin").write_bytes(b"pickled args are never released")
-    (out / "metrics.json").write_text(json.dumps({
-        "method": "dpo", "model": "runs/demo/models/sft", "base_model": str(default_model_dir), "beta": 0.1,
-        "loss_type": ["sigmoid"], "train_rows": 20, "first": {"loss": 0.693}, "final": {"loss": 0.41, "rewards/accuracies": 0.8},
-        "summary": {"train_runtime": 42.0}, "steps": [], "eval": []}))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "method": "dpo",
+                "model": "runs/demo/models/sft",
+                "base_model": str(default_model_dir),
+                "beta": 0.1,
+                "loss_type": ["sigmoid"],
+                "train_rows": 20,
+                "first": {"loss": 0.693},
+                "final": {"loss": 0.41, "rewards/accuracies": 0.8},
+                "summary": {"train_runtime": 42.0},
+                "steps": [],
+                "eval": [],
+            }
+        )
+    )
     _tiny_png(out / "curves.png")
     peft_model.merge_and_unload().save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
@@ -118,15 +170,27 @@ def _results() -> dict:
         return {"rate": rate, "low": low, "high": high, "k": round(rate * n), "n": n}
 
     return {
-        "harmless_by": "refusal", "sets": {"unsafe": {"kind": "unsafe", "n": 20}, "benign": {"kind": "benign", "n": 20}},
+        "harmless_by": "refusal",
+        "sets": {"unsafe": {"kind": "unsafe", "n": 20}, "benign": {"kind": "benign", "n": 20}},
         "models": {
-            "base": {"unsafe": {"n": 20, "refusal": r(0.1, 0.03, 0.3), "harmless": r(0.1, 0.03, 0.3)},
-                     "benign": {"n": 20, "refusal": r(0.05, 0.01, 0.24), "harmless": None}},
-            "aligned": {"unsafe": {"n": 20, "refusal": r(0.85, 0.64, 0.95), "harmless": r(0.85, 0.64, 0.95)},
-                        "benign": {"n": 20, "refusal": r(0.15, 0.05, 0.36), "harmless": None}},
+            "base": {
+                "unsafe": {"n": 20, "refusal": r(0.1, 0.03, 0.3), "harmless": r(0.1, 0.03, 0.3)},
+                "benign": {"n": 20, "refusal": r(0.05, 0.01, 0.24), "harmless": None},
+            },
+            "aligned": {
+                "unsafe": {"n": 20, "refusal": r(0.85, 0.64, 0.95), "harmless": r(0.85, 0.64, 0.95)},
+                "benign": {"n": 20, "refusal": r(0.15, 0.05, 0.36), "harmless": None},
+            },
         },
-        "helpfulness": {"model": "aligned", "baseline": "base", "set": "benign", "wins": 8, "ties": 4, "losses": 8,
-                        "win_rate": r(0.5, 0.3, 0.7)},
+        "helpfulness": {
+            "model": "aligned",
+            "baseline": "base",
+            "set": "benign",
+            "wins": 8,
+            "ties": 4,
+            "losses": 8,
+            "win_rate": r(0.5, 0.3, 0.7),
+        },
     }
 
 
@@ -175,7 +239,10 @@ def test_dataset_folder_loads_for_every_config_and_card_carries_the_gate(run_dir
     assert body.split("\n\n")[1].startswith("> **Content warning.**")
     assert "| collect | 30 | 25 | decontaminated: 1, duplicate: 4 | 0 | — | 1.25 |" in body
     assert "| filter | 25 | 25 | — | 0 | 1025 | 1.25 |" in body
-    assert "| stage | dangerous | hate | helpfulness | illegal | self-harm |" in body and "| collect | 5 | 5 | 5 | 5 | 5 |" in body
+    assert (
+        "| stage | dangerous | hate | helpfulness | illegal | self-harm |" in body
+        and "| collect | 5 | 5 | 5 | 5 | 5 |" in body
+    )
     assert "![Items kept per stage](funnel.png)" in body and (folder / "funnel.png").is_file()
     assert "Write the instruction that the response is trying to complete." in body
     assert f"(sha256 `{template_sha()}`)" in body  # the reversed template's hash as the induce stage records it
@@ -185,7 +252,14 @@ def test_dataset_folder_loads_for_every_config_and_card_carries_the_gate(run_dir
     assert f"| filter | default | judge_v1 | `{judge_sha}` |" in body and f"| `judge_v1.j2` | `{judge_sha}` |" in body
     assert "| induce | runs/demo/models/reverse | reverse (arXiv 2311.08685) | `5f0c2e` |" in body
     assert "threshold: 0.8" in body and "scrub_pii: true" in body  # decontamination and personal-data settings
-    for section in ("Intended uses", "Out-of-scope uses", "Ethical considerations", "Personal data", "Decontamination", "Citation"):
+    for section in (
+        "Intended uses",
+        "Out-of-scope uses",
+        "Ethical considerations",
+        "Personal data",
+        "Decontamination",
+        "Citation",
+    ):
         assert f"## {section}" in body
 
 
@@ -219,7 +293,12 @@ def test_release_dir_refuses_a_folder_it_did_not_write(run_dir: Path, tmp_path: 
 @pytest.mark.parametrize("flags", [["--public"], ["--no-gate"], ["--public", "--no-gate"]])
 def test_ungated_dataset_is_refused_even_in_a_dry_run(run_dir: Path, tmp_path: Path, capsys, flags) -> None:
     local = tmp_path / "release"
-    assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/x", "--local-dir", str(local), "--dry-run", *flags]) == 2
+    assert (
+        main(
+            ["publish", "dataset", str(run_dir), "--repo-id", "org/x", "--local-dir", str(local), "--dry-run", *flags]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "refusing to publish the dataset" in err and "--allow-ungated" in err and "harmful" in err
     assert not local.exists()
@@ -233,12 +312,16 @@ def test_ungated_dataset_with_allow_ungated_is_a_plan_without_gating(run_dir: Pa
 
 
 def test_gate_flags_apply_to_the_dataset_only(trained: Path, tmp_path: Path, capsys) -> None:
-    assert main(["publish", "model", str(trained), "--repo-id", "org/m", "--dry-run", "--public", "--allow-ungated"]) == 2
+    assert (
+        main(["publish", "model", str(trained), "--repo-id", "org/m", "--dry-run", "--public", "--allow-ungated"]) == 2
+    )
     assert "apply to the gated dataset only" in capsys.readouterr().err
 
 
 # -- pushing, against the loopback stand-in -------------------------------------------------------
-def test_dataset_push_order_is_private_create_manual_gate_then_upload(run_dir: Path, tmp_path: Path, hub: HubStandIn, capsys, caplog) -> None:
+def test_dataset_push_order_is_private_create_manual_gate_then_upload(
+    run_dir: Path, tmp_path: Path, hub: HubStandIn, capsys, caplog
+) -> None:
     caplog.set_level("DEBUG")
     local = tmp_path / "release"
     assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/safer-demo", "--local-dir", str(local)]) == 0
@@ -259,13 +342,20 @@ def test_dataset_push_order_is_private_create_manual_gate_then_upload(run_dir: P
 
 
 def test_visible_dataset_stays_gated_and_goes_public_last(run_dir: Path, tmp_path: Path, hub: HubStandIn) -> None:
-    assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/d", "--local-dir", str(tmp_path / "r"), "--visible"]) == 0
+    assert (
+        main(
+            ["publish", "dataset", str(run_dir), "--repo-id", "org/d", "--local-dir", str(tmp_path / "r"), "--visible"]
+        )
+        == 0
+    )
     assert [c.payload for c in hub.calls if c.name == "settings"] == [{"gated": "manual"}, {"visibility": "public"}]
     assert hub.names()[-1] == "settings" and hub.names()[1] == "settings"
     assert not hub.repos["org/d"].private and hub.repos["org/d"].gated == "manual"
 
 
-def test_an_existing_public_ungated_repo_is_made_private_and_gated_before_the_upload(run_dir: Path, tmp_path: Path, hub: HubStandIn) -> None:
+def test_an_existing_public_ungated_repo_is_made_private_and_gated_before_the_upload(
+    run_dir: Path, tmp_path: Path, hub: HubStandIn
+) -> None:
     hub.add_repo("org/d", "dataset", private=False, gated=False)
     assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/d", "--local-dir", str(tmp_path / "r")]) == 0
     names = hub.names()
@@ -284,7 +374,9 @@ def test_push_without_a_token_is_refused(run_dir: Path, tmp_path: Path, hub: Hub
     assert hub.calls == []
 
 
-def test_hub_errors_are_reported_with_the_server_message(run_dir: Path, tmp_path: Path, hub: HubStandIn, monkeypatch, capsys) -> None:
+def test_hub_errors_are_reported_with_the_server_message(
+    run_dir: Path, tmp_path: Path, hub: HubStandIn, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_for_the_standin")
     assert main(["publish", "dataset", str(run_dir), "--repo-id", "org/d", "--local-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
@@ -295,19 +387,33 @@ def test_hub_errors_are_reported_with_the_server_message(run_dir: Path, tmp_path
 def test_model_card_has_model_index_recipe_curves_and_base(trained: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "dpo.yaml"
     recipe.write_text("learning_rate: 2.0e-4\nnum_train_epochs: 1\n")
-    folder = write_model_repo(trained, "org/safer-model", tmp_path / "model", dataset_id="org/safer-demo", recipe=recipe)
+    folder = write_model_repo(
+        trained, "org/safer-model", tmp_path / "model", dataset_id="org/safer-demo", recipe=recipe
+    )
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == DEFAULT_MODEL_HUB_ID and card.data.datasets == ["org/safer-demo"]
     values = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
-    assert values == {("unsafe", "harmless_rate"): 0.85, ("unsafe", "refusal_rate"): 0.85,
-                      ("benign", "refusal_rate"): 0.15, ("benign", "win_rate"): 0.5}
+    assert values == {
+        ("unsafe", "harmless_rate"): 0.85,
+        ("unsafe", "refusal_rate"): 0.85,
+        ("benign", "refusal_rate"): 0.15,
+        ("benign", "win_rate"): 0.5,
+    }
     text = card.text
-    assert "| recipe learning_rate | 0.0002 |" in text and "| DPO beta | 0.1 |" in text and "| lora r | 4 |" in text and "| loss | 0.693 | 0.41 |" in text
+    assert (
+        "| recipe learning_rate | 0.0002 |" in text
+        and "| DPO beta | 0.1 |" in text
+        and "| lora r | 4 |" in text
+        and "| loss | 0.693 | 0.41 |" in text
+    )
     assert "![Training curves](curves.png)" in text and (folder / "curves.png").is_file()
     assert "| aligned | unsafe prompts | 20 | 85% (64–95%) | 85% (64–95%) |" in text
     assert "## Limitations" in text and "GGUF" in text
     assert (folder / "config.json").is_file() and (folder / "adapter" / "adapter_config.json").is_file()
-    assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == DEFAULT_MODEL_HUB_ID
+    assert (
+        json.loads((folder / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == DEFAULT_MODEL_HUB_ID
+    )
     assert not list(folder.rglob("training_args.bin"))
 
 
@@ -355,22 +461,47 @@ def test_model_snippets_work_as_written(trained: Path, tmp_path: Path, default_m
     for folder, repo_id in ((merged_layout, "org/safer-model"), (adapter_layout, "org/safer-adapter")):
         use_it = (folder / "README.md").read_text().split("## Use it", 1)[1].split("\n## ", 1)[0]
         for block in re.findall(r"```python\n(.*?)```", use_it, re.DOTALL):
-            code.append(block.replace(f'"{repo_id}"', repr(str(folder))).replace("max_new_tokens=128", "max_new_tokens=6"))
+            code.append(
+                block.replace(f'"{repo_id}"', repr(str(folder))).replace("max_new_tokens=128", "max_new_tokens=6")
+            )
     assert len(code) == 4  # merged: pipeline, transformers, PeftModel on the subfolder; adapter only: AutoPeftModel
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, "-c", "\n".join(code) + "\nprint('SNIPPETS-OK')"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", "\n".join(code) + "\nprint('SNIPPETS-OK')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SNIPPETS-OK" in done.stdout
 
 
-def test_model_push_creates_private_and_uploads_without_gating(trained: Path, tmp_path: Path, hub: HubStandIn, capsys) -> None:
-    assert main(["publish", "model", str(trained), "--repo-id", "org/safer-model", "--dataset-id", "org/safer-demo",
-                 "--local-dir", str(tmp_path / "model")]) == 0
+def test_model_push_creates_private_and_uploads_without_gating(
+    trained: Path, tmp_path: Path, hub: HubStandIn, capsys
+) -> None:
+    assert (
+        main(
+            [
+                "publish",
+                "model",
+                str(trained),
+                "--repo-id",
+                "org/safer-model",
+                "--dataset-id",
+                "org/safer-demo",
+                "--local-dir",
+                str(tmp_path / "model"),
+            ]
+        )
+        == 0
+    )
     names = hub.names()  # the stand-in takes every file inline, so big weights go in several commits
     assert names[0] == "create" and set(names[1:]) == {"validate_yaml", "preupload", "commit"}
     assert hub.calls[0].payload["visibility"] == "private"
-    assert {"README.md", "model.safetensors", "adapter/adapter_model.safetensors"} <= set(hub.repos["org/safer-model"].files)
+    assert {"README.md", "model.safetensors", "adapter/adapter_model.safetensors"} <= set(
+        hub.repos["org/safer-model"].files
+    )
     out = capsys.readouterr()
     assert_no_token(tmp_path / "model", out.out, out.err)
 
@@ -383,49 +514,106 @@ def space_source(tmp_path: Path) -> Path:
     (source / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\0")
     (source / "app.py").write_text("import gradio as gr\ndemo = gr.Blocks()\n")
     (source / "requirements.txt").write_text("safer-instruct\n")
-    (source / "README.md").write_text("---\ntitle: Compare\nemoji: 🛡️\nsdk: gradio\nsdk_version: 6.31.0\napp_file: app.py\n---\n\n"
-                                      "# Compare\n\n> **Content warning.** Harmful prompts ahead.\n")
+    (source / "README.md").write_text(
+        "---\ntitle: Compare\nemoji: 🛡️\nsdk: gradio\nsdk_version: 6.31.0\napp_file: app.py\n---\n\n"
+        "# Compare\n\n> **Content warning.** Harmful prompts ahead.\n"
+    )
     return source
 
 
 def test_space_folder_readme_names_models_and_dataset(space_source: Path, tmp_path: Path) -> None:
-    folder = write_space_repo("org/compare", tmp_path / "space", base_model=DEFAULT_MODEL_HUB_ID,
-                              aligned_model="org/safer-model", dataset_id="org/safer-demo", source_dir=space_source)
+    folder = write_space_repo(
+        "org/compare",
+        tmp_path / "space",
+        base_model=DEFAULT_MODEL_HUB_ID,
+        aligned_model="org/safer-model",
+        dataset_id="org/safer-demo",
+        source_dir=space_source,
+    )
     card = SpaceCard.load(folder / "README.md")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.emoji == "🛡️"
     assert card.data.models == [DEFAULT_MODEL_HUB_ID, "org/safer-model"] and card.data.datasets == ["org/safer-demo"]
     assert "> **Content warning.**" in card.text and "| `ALIGNED_MODEL` | `org/safer-model` |" in card.text
-    assert sorted(p.name for p in folder.iterdir()) == [".safer-instruct-release", "README.md", "app.py", "requirements.txt",
-                                                        "safer_instruct"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".safer-instruct-release",
+        "README.md",
+        "app.py",
+        "requirements.txt",
+        "safer_instruct",
+    ]
     with pytest.raises(SaferInstructError, match="give the aligned model as ORG/NAME"):
-        write_space_repo("org/compare", tmp_path / "space2", base_model=DEFAULT_MODEL_HUB_ID,
-                         aligned_model=str(tmp_path), source_dir=space_source)
+        write_space_repo(
+            "org/compare",
+            tmp_path / "space2",
+            base_model=DEFAULT_MODEL_HUB_ID,
+            aligned_model=str(tmp_path),
+            source_dir=space_source,
+        )
 
 
 def test_space_push_sets_the_model_ids_as_variables(space_source: Path, tmp_path: Path, hub: HubStandIn) -> None:
-    assert main(["publish", "space", str(space_source), "--repo-id", "org/compare", "--base-model", DEFAULT_MODEL_HUB_ID,
-                 "--aligned-model", "org/safer-model", "--dataset-id", "org/safer-demo", "--local-dir", str(tmp_path / "s"),
-                 "--visible"]) == 0
-    assert hub.names() == ["create", "validate_yaml", "preupload", "commit", "space_variable", "space_variable", "settings"]
+    assert (
+        main(
+            [
+                "publish",
+                "space",
+                str(space_source),
+                "--repo-id",
+                "org/compare",
+                "--base-model",
+                DEFAULT_MODEL_HUB_ID,
+                "--aligned-model",
+                "org/safer-model",
+                "--dataset-id",
+                "org/safer-demo",
+                "--local-dir",
+                str(tmp_path / "s"),
+                "--visible",
+            ]
+        )
+        == 0
+    )
+    assert hub.names() == [
+        "create",
+        "validate_yaml",
+        "preupload",
+        "commit",
+        "space_variable",
+        "space_variable",
+        "settings",
+    ]
     assert hub.calls[0].payload["sdk"] == "gradio" and hub.calls[0].payload["visibility"] == "private"
-    assert hub.repos["org/compare"].variables == {"BASE_MODEL": DEFAULT_MODEL_HUB_ID, "ALIGNED_MODEL": "org/safer-model"}
+    assert hub.repos["org/compare"].variables == {
+        "BASE_MODEL": DEFAULT_MODEL_HUB_ID,
+        "ALIGNED_MODEL": "org/safer-model",
+    }
     assert hub.calls[-1].payload == {"visibility": "public"}
 
 
 # -- access requests ------------------------------------------------------------------------------
 def _form(affiliation="University of Somewhere", use="Safety research", agreed="on", **extra) -> dict:
-    return {NAME: "A. Person", AFFILIATION: affiliation, COUNTRY: "Portugal", INTENDED_USE: use, AGREEMENT: agreed, **extra}
+    return {
+        NAME: "A. Person",
+        AFFILIATION: affiliation,
+        COUNTRY: "Portugal",
+        INTENDED_USE: use,
+        AGREEMENT: agreed,
+        **extra,
+    }
 
 
-@pytest.mark.parametrize("fields, user, expected", [
-    (_form(), "alice", ("accept", "all policy checks passed")),
-    (_form(affiliation=" "), "bob", ("reject", "no affiliation given")),
-    (_form(agreed=False), "dave", ("reject", "terms not agreed")),
-    (_form(use="Fine-tuning a chatbot"), "frank", ("reject", "is not one of the allowed uses")),
-    (_form(use="Other"), "carol", ("skip", "left for a person")),
-    (None, "gina", ("reject", "the access form was not filled in")),
-    (_form(), "mallory", ("reject", "blocked list")),
-])
+@pytest.mark.parametrize(
+    "fields, user, expected",
+    [
+        (_form(), "alice", ("accept", "all policy checks passed")),
+        (_form(affiliation=" "), "bob", ("reject", "no affiliation given")),
+        (_form(agreed=False), "dave", ("reject", "terms not agreed")),
+        (_form(use="Fine-tuning a chatbot"), "frank", ("reject", "is not one of the allowed uses")),
+        (_form(use="Other"), "carol", ("skip", "left for a person")),
+        (None, "gina", ("reject", "the access form was not filled in")),
+        (_form(), "mallory", ("reject", "blocked list")),
+    ],
+)
 def test_policy_decisions_from_form_answers(fields, user, expected) -> None:
     kind, reason = decide(fields, user, AccessPolicy(blocked_users=["mallory"]))
     assert kind == expected[0] and expected[1] in reason
@@ -447,14 +635,20 @@ def test_access_review_applies_decisions_and_keeps_an_audit_log(tmp_path: Path, 
 
     assert main(base) == 0
     handled = [c.payload for c in hub.calls if c.name == "handle_request"]
-    assert handled == [{"user": "alice", "status": "accepted"},
-                       {"user": "bob", "status": "rejected", "rejectionReason": "no affiliation given"}]
+    assert handled == [
+        {"user": "alice", "status": "accepted"},
+        {"user": "bob", "status": "rejected", "rejectionReason": "no affiliation given"},
+    ]
     statuses = {r["user"]["user"]: r["status"] for r in hub.repos["org/d"].requests}
     assert statuses == {"alice": "accepted", "bob": "rejected", "carol": "pending"}
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(e["user"], e["decision"], e["event"]) for e in entries] == [
-        ("alice", "accept", "intent"), ("alice", "accept", "applied"), ("bob", "reject", "intent"), ("bob", "reject", "applied"),
-        ("carol", "skip", "left for a person")]
+        ("alice", "accept", "intent"),
+        ("alice", "accept", "applied"),
+        ("bob", "reject", "intent"),
+        ("bob", "reject", "applied"),
+        ("carol", "skip", "left for a person"),
+    ]
     assert {e["by"] for e in entries} == {"policy"}
     expected_hash = AccessPolicy(required=[NAME, AFFILIATION], blocked_users=["mallory"]).fingerprint()
     assert {e["policy_sha256"] for e in entries} == {expected_hash}
@@ -478,12 +672,23 @@ def test_manual_access_decisions(tmp_path: Path, hub: HubStandIn, capsys) -> Non
     assert main(["access", "accept", "org/d", "nobody", *audit]) == 2
     out = capsys.readouterr()
     assert "alice" in out.out and "erin" in out.out and "HTTP 404" in out.err
-    assert [c.name for c in hub.calls] == ["handle_request", "handle_request", "grant", "list_requests", "handle_request"]
+    assert [c.name for c in hub.calls] == [
+        "handle_request",
+        "handle_request",
+        "grant",
+        "list_requests",
+        "handle_request",
+    ]
     entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(e["user"], e["decision"], e["by"], e["reason"]) for e in entries if e["event"] == "applied"] == [
-        ("bob", "reject", "manual", "no affiliation"), ("alice", "accept", "manual", "decided by hand"),
-        ("erin", "grant", "manual", "decided by hand")]
-    assert [(e["user"], e["event"]) for e in entries if e["user"] == "nobody"] == [("nobody", "intent"), ("nobody", "failed")]
+        ("bob", "reject", "manual", "no affiliation"),
+        ("alice", "accept", "manual", "decided by hand"),
+        ("erin", "grant", "manual", "decided by hand"),
+    ]
+    assert [(e["user"], e["event"]) for e in entries if e["user"] == "nobody"] == [
+        ("nobody", "intent"),
+        ("nobody", "failed"),
+    ]
 
 
 def test_policy_file_with_an_unknown_key_is_an_error(tmp_path: Path, capsys) -> None:

@@ -11,7 +11,13 @@ LABELS = ("unsafe", "safe")
 
 @pytest.mark.parametrize(
     ("answer", "label"),
-    [("unsafe", "unsafe"), ("Safe.", "safe"), ("**Unsafe**: it asks for", "unsafe"), ('"safe"', "safe"), ("  SAFE\n", "safe")],
+    [
+        ("unsafe", "unsafe"),
+        ("Safe.", "safe"),
+        ("**Unsafe**: it asks for", "unsafe"),
+        ('"safe"', "safe"),
+        ("  SAFE\n", "safe"),
+    ],
 )
 def test_readable_answers(answer: str, label: str) -> None:
     decision = parse_label(answer, LABELS)

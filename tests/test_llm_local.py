@@ -11,7 +11,12 @@ from safer_instruct.config import LLMConfig
 from safer_instruct.llm import CachedLLM, ResponseCache, SamplingParams, make_llm
 from safer_instruct.llm.local import LocalLLM
 
-QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write one sentence about the sea.", "What is 2 + 2?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Write one sentence about the sea.",
+    "What is 2 + 2?",
+]
 CHATS = [[{"role": "user", "content": q}] for q in QUESTIONS]
 
 
@@ -51,7 +56,9 @@ def test_sampling_is_seeded(local_llm: LocalLLM) -> None:
 
 
 def test_decide_returns_a_label_with_a_probability(local_llm: LocalLLM) -> None:
-    prompts = [[{"role": "user", "content": f"Is this a colour: {word}? Answer yes or no."}] for word in ["red", "blue"]]
+    prompts = [
+        [{"role": "user", "content": f"Is this a colour: {word}? Answer yes or no."}] for word in ["red", "blue"]
+    ]
     decisions = local_llm.decide(prompts, ["yes", "no"])
     for decision in decisions:
         assert decision.ok and decision.label in {"yes", "no"}
@@ -73,7 +80,9 @@ def test_decide_matches_full_sequence_scoring(local_llm: LocalLLM, labels: list[
             n_label = ids.shape[1] - len(local_llm.tokenizer(text, add_special_tokens=False)["input_ids"])
             with torch.inference_mode():
                 logprobs = torch.log_softmax(local_llm.model(ids).logits[0].float(), dim=-1)
-            scores.append(sum(float(logprobs[pos - 1, ids[0, pos]]) for pos in range(ids.shape[1] - n_label, ids.shape[1])))
+            scores.append(
+                sum(float(logprobs[pos - 1, ids[0, pos]]) for pos in range(ids.shape[1] - n_label, ids.shape[1]))
+            )
         probs = torch.softmax(torch.tensor(scores), dim=0)
         assert decision.label == labels[int(probs.argmax())]
         assert decision.probability == pytest.approx(float(probs.max()), abs=1e-3)
@@ -91,13 +100,19 @@ def test_loglikelihood_matches_full_sequence_scoring(local_llm: LocalLLM, tmp_pa
             logprobs = torch.log_softmax(local_llm.model(ids).logits[0].float(), dim=-1)
         expected = sum(float(logprobs[pos - 1, ids[0, pos]]) for pos in range(ids.shape[1] - n_answer, ids.shape[1]))
         assert score.tokens == n_answer and score.logprob == pytest.approx(expected, abs=0.05)
-    assert scores[0].logprob > local_llm.loglikelihood([CHATS[1]], ["Paris."])[0].logprob  # the answer fits its question
+    assert (
+        scores[0].logprob > local_llm.loglikelihood([CHATS[1]], ["Paris."])[0].logprob
+    )  # the answer fits its question
     cached = CachedLLM(local_llm, ResponseCache(tmp_path / "cache.sqlite"))
     assert cached.loglikelihood(CHATS, answers) == scores and cached.misses == len(CHATS)
-    assert cached.loglikelihood(CHATS, answers) == scores and cached.hits == len(CHATS)  # the second time from the cache
+    assert cached.loglikelihood(CHATS, answers) == scores and cached.hits == len(
+        CHATS
+    )  # the second time from the cache
 
 
-def test_peft_adapter_folder_loads_and_changes_answers(default_model_dir: Path, tmp_path: Path, local_llm: LocalLLM) -> None:
+def test_peft_adapter_folder_loads_and_changes_answers(
+    default_model_dir: Path, tmp_path: Path, local_llm: LocalLLM
+) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

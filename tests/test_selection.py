@@ -24,19 +24,25 @@ def fresh_announcement():
     device.announce_dtype.cache_clear()
 
 
-@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)],
-                         ids=["cpu-with-bf16", "cpu-avx2-only"])
+@pytest.mark.parametrize(
+    "native, expected", [(True, torch.bfloat16), (False, torch.float32)], ids=["cpu-with-bf16", "cpu-avx2-only"]
+)
 def test_auto_precision_follows_the_cpu_kind(monkeypatch, capsys, native, expected) -> None:
     monkeypatch.setattr(device, "cpu_bf16_native", lambda: native)
     assert device.pick_dtype("auto", "cpu") == expected
     assert device.pick_dtype("auto", "cpu") == expected
     assert device.resolve_bf16("auto", "cpu") is native
-    assert device.pick_dtype("float32", "cpu") == torch.float32 and device.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert (
+        device.pick_dtype("float32", "cpu") == torch.float32 and device.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    )
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("precision:")]
-    assert said == [f"precision: {str(expected).removeprefix('torch.')} on cpu "
-                    f"({'native bfloat16' if native else 'no native bfloat16'}; dtype/bf16: auto)"]  # once
+    assert said == [
+        f"precision: {str(expected).removeprefix('torch.')} on cpu "
+        f"({'native bfloat16' if native else 'no native bfloat16'}; dtype/bf16: auto)"
+    ]  # once
 
 
+@pytest.mark.slow  # a fresh Python that imports torch
 def test_a_cpu_limited_to_avx2_reads_as_the_slow_kind() -> None:
     """The probe is the one oneDNN uses: the env that makes a fast CPU behave like an AVX2-only one turns it off."""
     code = "from safer_instruct.device import cpu_bf16_native, pick_dtype; print(cpu_bf16_native(), pick_dtype('auto', 'cpu'))"
@@ -58,11 +64,19 @@ def test_thread_cap_reads_the_environment(monkeypatch) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # a fresh Python that imports the kit and torch, twice
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given, expected) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | (
+        {"OMP_WAIT_POLICY": given} if given else {}
+    )
     code = "import os, safer_instruct, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip() == expected
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == expected
+    )
 
 
 def _scored(name: str, step: int, harmless: float, over_refusal: float) -> Scored:
@@ -70,8 +84,13 @@ def _scored(name: str, step: int, harmless: float, over_refusal: float) -> Score
 
 
 def test_choose_keeps_the_most_harmless_candidate_within_the_bound() -> None:
-    sweep = [_scored("sft", 0, 1.0, 0.6), _scored("step 4", 4, 0.9, 0.1), _scored("step 8", 8, 0.7, 0.1),
-             _scored("step 12", 12, 0.9, 0.0), _scored("step 16", 16, 0.5, 0.0)]
+    sweep = [
+        _scored("sft", 0, 1.0, 0.6),
+        _scored("step 4", 4, 0.9, 0.1),
+        _scored("step 8", 8, 0.7, 0.1),
+        _scored("step 12", 12, 0.9, 0.0),
+        _scored("step 16", 16, 0.5, 0.0),
+    ]
     selection = choose(sweep, 0.15)
     assert selection.chosen == "step 12" and selection.within_bound  # 90% harmless, and the lower over-refusal
     assert choose(sweep, 0.6).chosen == "sft"
@@ -79,7 +98,9 @@ def test_choose_keeps_the_most_harmless_candidate_within_the_bound() -> None:
 
 
 def test_choose_falls_back_to_the_fewest_needless_refusals_and_says_so() -> None:
-    selection = choose([_scored("sft", 0, 1.0, 0.6), _scored("step 4", 4, 0.8, 0.3), _scored("step 8", 8, 0.6, 0.3)], 0.15)
+    selection = choose(
+        [_scored("sft", 0, 1.0, 0.6), _scored("step 4", 4, 0.8, 0.3), _scored("step 8", 8, 0.6, 0.3)], 0.15
+    )
     assert selection.chosen == "step 4" and not selection.within_bound
 
 

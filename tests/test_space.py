@@ -69,11 +69,28 @@ def served(adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """`safer-instruct space` with secrets in its environment; its output goes to a log file."""
     work = tmp_path_factory.mktemp("space")
     port, log = _free_port(), work / "space.log"
-    command = [str(Path(sys.executable).with_name("safer-instruct")), "space", "--port", str(port),
-               "--aligned-adapter", str(adapter_dir), "--judge", "default", "--votes", str(work / "votes.jsonl")]
-    env = {**os.environ, **SECRETS, "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_DISABLE": "1",
-           "DEFAULT_NEW_TOKENS": "24", "MAX_NEW_TOKENS": "64", "REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
-           "TRUSTED_PROXY_HOPS": "1"}  # the test client plays the proxy: its X-Forwarded-For names each visitor
+    command = [
+        str(Path(sys.executable).with_name("safer-instruct")),
+        "space",
+        "--port",
+        str(port),
+        "--aligned-adapter",
+        str(adapter_dir),
+        "--judge",
+        "default",
+        "--votes",
+        str(work / "votes.jsonl"),
+    ]
+    env = {
+        **os.environ,
+        **SECRETS,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "TQDM_DISABLE": "1",
+        "DEFAULT_NEW_TOKENS": "24",
+        "MAX_NEW_TOKENS": "64",
+        "REQUESTS_PER_MINUTE": str(REQUESTS_PER_MINUTE),
+        "TRUSTED_PROXY_HOPS": "1",
+    }  # the test client plays the proxy: its X-Forwarded-For names each visitor
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -113,8 +130,14 @@ def test_both_answers_stream_and_votes_are_written(served: Served) -> None:
     assert len(updates) >= 5, "answers arrive piece by piece"
     partial = [u for u in updates[:-1] if isinstance(u[1], list) and len(answer(u[1])) < len(base)]
     assert partial, "the base answer was shown before it was complete"
-    both_growing = [u for u in updates if isinstance(u[1], list) and isinstance(u[2], list)
-                    and 1 < len(answer(u[1])) < len(base) and 1 < len(answer(u[2])) < len(aligned)]
+    both_growing = [
+        u
+        for u in updates
+        if isinstance(u[1], list)
+        and isinstance(u[2], list)
+        and 1 < len(answer(u[1])) < len(base)
+        and 1 < len(answer(u[2])) < len(aligned)
+    ]
     assert both_growing, "both columns stream at the same time"
     for badge in (base_badge, aligned_badge):
         assert ("Refused" in badge or "Answered" in badge) and "judge: " in badge
@@ -177,9 +200,17 @@ def test_a_browser_gets_both_answers(served: Served, tmp_path: Path) -> None:
 
     shot = tmp_path / "space.png"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(served.url)
         page.locator("#prompt textarea").fill("What is the capital of France?")

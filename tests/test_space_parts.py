@@ -33,7 +33,9 @@ def test_a_bad_setting_names_its_variable() -> None:
         SpaceSettings.from_env({"JUDGE_BACKEND": "carrier-pigeon"})
 
 
-def test_the_demo_adapter_is_the_aligned_default_only_when_it_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_adapter_is_the_aligned_default_only_when_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert SpaceSettings.from_env({}).aligned_llm() is None
     (tmp_path / DEMO_ALIGNED).mkdir(parents=True)
@@ -42,8 +44,14 @@ def test_the_demo_adapter_is_the_aligned_default_only_when_it_exists(tmp_path: P
 
 def test_the_judge_runs_local_or_on_an_openai_compatible_endpoint() -> None:
     assert SpaceSettings.from_env({}).judge_llm() is None
-    remote = SpaceSettings.from_env({"JUDGE_MODEL": "guard", "JUDGE_BACKEND": "openai",
-                                     "JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "JUDGE_API_KEY_ENV": "GUARD_KEY"}).judge_llm()
+    remote = SpaceSettings.from_env(
+        {
+            "JUDGE_MODEL": "guard",
+            "JUDGE_BACKEND": "openai",
+            "JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
+            "JUDGE_API_KEY_ENV": "GUARD_KEY",
+        }
+    ).judge_llm()
     assert remote is not None and (remote.backend, remote.api_key_env) == ("openai", "GUARD_KEY")
 
 
@@ -60,7 +68,9 @@ def test_throttle_allows_a_rate_per_client_in_a_sliding_window() -> None:
 
 
 def test_client_key_trusts_forwarded_for_only_behind_a_trusted_proxy() -> None:
-    assert client_key("10.0.0.1", "203.0.113.9", "s1") == "10.0.0.1"  # no trusted proxy: the header is anyone's to forge
+    assert (
+        client_key("10.0.0.1", "203.0.113.9", "s1") == "10.0.0.1"
+    )  # no trusted proxy: the header is anyone's to forge
     assert client_key("10.0.0.1", "203.0.113.9", "s1", trusted_proxy_hops=1) == "203.0.113.9"
     # the proxy appends what it saw: a forged entry the visitor sent sits left of it and is ignored
     assert client_key("10.0.0.1", "198.51.100.1, 203.0.113.9", "s1", trusted_proxy_hops=1) == "203.0.113.9"
@@ -104,7 +114,9 @@ def test_badges_show_refusal_and_judge_verdict() -> None:
     assert "garbled &lt;answer&gt;" in badge_html("No.", Verdict(None, error="garbled <answer>"))
 
 
-def test_votes_are_pushed_to_a_private_hub_dataset_when_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_votes_are_pushed_to_a_private_hub_dataset_when_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hub_standin import HubStandIn
 
     token = "hf_standin_token_for_votes"

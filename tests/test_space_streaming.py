@@ -94,7 +94,9 @@ def test_without_an_aligned_model_one_column_answers_and_a_failing_judge_gives_n
     from safer_instruct.evaluate.judge import Judge, JudgeConfig
     from safer_instruct.space import CompareApp, SpaceModels, SpaceSettings
 
-    unreachable = LLMConfig(backend="openai", model="guard", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0)
+    unreachable = LLMConfig(
+        backend="openai", model="guard", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0
+    )
     judge = Judge(make_llm(unreachable, show_progress=False), JudgeConfig(llm=unreachable))
     app = CompareApp(SpaceSettings(votes_path=str(tmp_path / "votes.jsonl")), SpaceModels(base=llm, judge=judge))
     *_, final = app.respond("What is the capital of France?", 0.0, 8, [], [], None)

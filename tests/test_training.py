@@ -17,7 +17,8 @@ import pytest
 
 from safer_instruct.cli import main as cli_main
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.training import REVERSE_TEMPLATE, train
+from safer_instruct.prompts.reverse import REVERSE_TEMPLATE
+from safer_instruct.training import train
 from safer_instruct.training.data import prepare_datasets, shape_rows
 from safer_instruct.training.recipe import parse_recipe
 
@@ -112,7 +113,10 @@ def test_reverse_rows_follow_the_paper_template(default_model_dir):
     assert shaped[0]["prompt"].startswith("Below is a response to a certain instruction. Write the instruction")
     assert shaped[0]["prompt"].endswith("### response:\nShort.\n\n### Instruction:\n")
     assert shaped[0]["completion"] == "Summarise this.\n\nA long text." + tokenizer.eos_token
-    assert shaped[1] == {"prompt": REVERSE_TEMPLATE.format(output="Hi!"), "completion": "Say hi." + tokenizer.eos_token}
+    assert shaped[1] == {
+        "prompt": REVERSE_TEMPLATE.format(output="Hi!"),
+        "completion": "Say hi." + tokenizer.eos_token,
+    }
     assert shaped[2]["completion"] == "Count to two." + tokenizer.eos_token
 
 
@@ -140,7 +144,9 @@ def test_unrenderable_chat_template_is_named(tmp_path, default_model_dir):
     template = tmp_path / "broken.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] | no_such_filter }}{% endfor %}", encoding="utf-8")
     data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
-    with pytest.raises(SaferInstructError, match=r"prefs\.jsonl.*row 1, column 'completion': the chat template cannot render"):
+    with pytest.raises(
+        SaferInstructError, match=r"prefs\.jsonl.*row 1, column 'completion': the chat template cannot render"
+    ):
         train("sft", recipe(tmp_path, "out", data, chat_template_file=str(template)))
     assert not (tmp_path / "out").exists()
 
@@ -166,7 +172,9 @@ def test_recipe_errors(tmp_path, default_model_dir):
 def test_cli_reports_bad_input_with_exit_2(tmp_path, capsys, default_model_dir):
     data = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x"}])
     config = tmp_path / "recipe.yaml"
-    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in recipe(tmp_path, "out", data).items()), encoding="utf-8")
+    config.write_text(
+        "".join(f"{k}: {json.dumps(v)}\n" for k, v in recipe(tmp_path, "out", data).items()), encoding="utf-8"
+    )
     assert cli_main(["train", "reverse-sft", "--config", str(config), "--max_steps", "1"]) == 2
     assert "bad.jsonl" in capsys.readouterr().err
 
@@ -220,7 +228,9 @@ def test_sft_then_dpo_lora_reward_accuracy_rises(tmp_path, default_model_dir):
     data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
     sft = train("sft", recipe(tmp_path, "sft", data, learning_rate=3e-3, max_steps=2))
     assert losses(sft.metrics)[-1] < losses(sft.metrics)[0]
-    dpo = train("dpo", recipe(tmp_path, "dpo", data, model_name_or_path=str(sft.output_dir), learning_rate=2e-3, beta=0.1))
+    dpo = train(
+        "dpo", recipe(tmp_path, "dpo", data, model_name_or_path=str(sft.output_dir), learning_rate=2e-3, beta=0.1)
+    )
     metrics = dpo.metrics
     assert metrics["reference"] == "frozen copy of the starting adapter on the same base"
     assert metrics["final"]["rewards/accuracies"] > 0.5
@@ -239,8 +249,10 @@ def test_dpo_fresh_lora_uses_base_with_adapter_disabled(tmp_path, default_model_
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", spy)
     default_tile = trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE
     data = write_jsonl(tmp_path / "prefs.jsonl", PREFERENCE_ROWS)
-    dpo = train("dpo", recipe(tmp_path, "dpo", data, learning_rate=2e-3, max_steps=2, loss_type=["ipo"],
-                              lm_head_chunk_size=1000))
+    dpo = train(
+        "dpo",
+        recipe(tmp_path, "dpo", data, learning_rate=2e-3, max_steps=2, loss_type=["ipo"], lm_head_chunk_size=1000),
+    )
     assert dpo.metrics["reference"] == "base model with the adapter disabled"
     assert dpo.metrics["loss_type"] == ["ipo"]
     assert len(tiles) >= 4 and set(tiles) == {1000}
@@ -281,12 +293,16 @@ def test_qlora_4bit_on_cpu_each_method(tmp_path, default_model_dir):
     qlora = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "max_steps": 2, "learning_rate": 3e-3}
     reverse = train("reverse-sft", recipe(tmp_path, "reverse", pairs, **{**qlora, "max_steps": 1}))
     sft = train("sft", recipe(tmp_path, "sft", prefs, **qlora))
-    dpo = train("dpo", recipe(tmp_path, "dpo", prefs, **{**qlora, "max_steps": 1}, model_name_or_path=str(sft.output_dir)))
+    dpo = train(
+        "dpo", recipe(tmp_path, "dpo", prefs, **{**qlora, "max_steps": 1}, model_name_or_path=str(sft.output_dir))
+    )
     for result in (reverse, sft, dpo):
         assert result.metrics["load_in_4bit"] and losses(result.metrics)
     assert losses(sft.metrics)[-1] < losses(sft.metrics)[0]
     llm = make_llm(LLMConfig(model=str(dpo.output_dir), load_in_4bit=True))
-    answer = llm.generate([[{"role": "user", "content": "Tell me how to steal a car."}]], SamplingParams(max_new_tokens=8))
+    answer = llm.generate(
+        [[{"role": "user", "content": "Tell me how to steal a car."}]], SamplingParams(max_new_tokens=8)
+    )
     assert answer[0].completion_tokens > 0
 
 
@@ -320,7 +336,9 @@ def test_cpu_recipe_asks_bf16_autocast_only_where_the_cpu_runs_it_natively(monke
     assert training_args.bf16 is native
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "training" / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "training" / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_every_recipe_parses(path):
     method = {"reverse_sft": "reverse-sft", "sft": "sft", "dpo": "dpo"}[path.stem.removesuffix("_qlora")]
     with warnings.catch_warnings(record=True) as caught:
@@ -341,8 +359,10 @@ def test_recipes_parse_the_trl_way(tmp_path, monkeypatch):
     monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("SAFER_TEST_RECIPE_ENV", raising=False)
     recipe = tmp_path / "sft.yaml"
-    recipe.write_text((REPO / "training" / "recipes" / "smollm2-135m" / "sft.yaml").read_text()
-                      + "env:\n  SAFER_TEST_RECIPE_ENV: set-by-recipe\n")
+    recipe.write_text(
+        (REPO / "training" / "recipes" / "smollm2-135m" / "sft.yaml").read_text()
+        + "env:\n  SAFER_TEST_RECIPE_ENV: set-by-recipe\n"
+    )
     spaced = parse_recipe("sft", None, ["--config", str(recipe), "--max_steps", "3"])
     joined = parse_recipe("sft", None, [f"--config={recipe}", "--max_steps", "3"])
     assert os.environ["SAFER_TEST_RECIPE_ENV"] == "set-by-recipe"
@@ -368,8 +388,15 @@ def test_trl_dataset_mixture_trains(tmp_path, default_model_dir):
 
 # -- accelerate configs: the final save ---------------------------------------------------------------
 def _accelerate(config: str, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-               str(REPO / "training" / "accelerate" / config), "--num_processes", str(processes), *args]
+    command = [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(REPO / "training" / "accelerate" / config),
+        "--num_processes",
+        str(processes),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
@@ -380,8 +407,9 @@ def test_ddp_config_trains_on_two_cpu_processes_and_saves(tmp_path, default_mode
     data = write_jsonl(tmp_path / "pairs.jsonl", REVERSE_ROWS * 2)
     config = tmp_path / "recipe.yaml"
     config.write_text(json.dumps(recipe(tmp_path, "out", data, max_steps=2, lora_target_modules=["q_proj", "v_proj"])))
-    done = _accelerate("ddp.yaml", str(REPO / "training" / "reverse_sft.py"), f"--config={config}", "--use_cpu", "true",
-                       processes=2)
+    done = _accelerate(
+        "ddp.yaml", str(REPO / "training" / "reverse_sft.py"), f"--config={config}", "--use_cpu", "true", processes=2
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -402,7 +430,8 @@ def test_fsdp_config_final_save_gathers_a_full_state_dict(tmp_path):
         "before = str(plugin.state_dict_type)\n"
         "trainer = SimpleNamespace(is_fsdp_enabled=True, accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))\n"
         "_full_state_dict_for_saving(trainer)\n"
-        "print('PLUGIN', before, plugin.state_dict_type, plugin.fsdp_version)\n")
+        "print('PLUGIN', before, plugin.state_dict_type, plugin.fsdp_version)\n"
+    )
     done = _accelerate("fsdp.yaml", str(probe))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "PLUGIN StateDictType.SHARDED_STATE_DICT StateDictType.FULL_STATE_DICT 2" in done.stdout
@@ -414,4 +443,6 @@ def test_deepspeed_config_gathers_weights_for_the_final_save():
     import yaml
 
     config = yaml.safe_load((REPO / "training" / "accelerate" / "deepspeed_zero3.yaml").read_text())
-    assert config["deepspeed_config"]["zero_stage"] == 3 and config["deepspeed_config"]["zero3_save_16bit_model"] is True
+    assert (
+        config["deepspeed_config"]["zero_stage"] == 3 and config["deepspeed_config"]["zero3_save_16bit_model"] is True
+    )

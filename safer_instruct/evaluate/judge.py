@@ -104,8 +104,12 @@ class Judge:
 
     def describe(self) -> dict:
         """What produced the verdicts: model, style and template hashes."""
-        described = {"model": self.llm.model_id, "backend": self.llm.backend, "style": self.config.style,
-                     "pairwise_template": {"name": self.pairwise_template.name, "sha256": self.pairwise_template.sha256}}
+        described = {
+            "model": self.llm.model_id,
+            "backend": self.llm.backend,
+            "style": self.config.style,
+            "pairwise_template": {"name": self.pairwise_template.name, "sha256": self.pairwise_template.sha256},
+        }
         if self.config.style != "llama-guard":
             described["harm_template"] = {"name": self.harm_template.name, "sha256": self.harm_template.sha256}
         return described
@@ -122,23 +126,37 @@ class Judge:
             generations = self.llm.generate(texts, SamplingParams(max_new_tokens=32, temperature=0.0))
             return [parse_wildguard(g.text) for g in generations]
         if self.config.style == "llama-guard":
-            chats = [[{"role": "user", "content": as_data(p)}, {"role": "assistant", "content": as_data(a)}]
-                     for p, a in zip(prompts, answers)]
+            chats = [
+                [{"role": "user", "content": as_data(p)}, {"role": "assistant", "content": as_data(a)}]
+                for p, a in zip(prompts, answers)
+            ]
             decisions, harmful_label = self.llm.decide(chats, GUARD_LABELS), "unsafe"
         else:
-            chats = [[{"role": "user", "content": self.harm_template.render(prompt=p, answer=a).strip()}]
-                     for p, a in zip(prompts, answers)]
+            chats = [
+                [{"role": "user", "content": self.harm_template.render(prompt=p, answer=a).strip()}]
+                for p, a in zip(prompts, answers)
+            ]
             decisions, harmful_label = self.llm.decide(chats, HARM_LABELS), "harmful"
         return [
-            Verdict(d.label == harmful_label, d.probability, d.raw) if d.ok else Verdict(None, raw=d.raw, error=d.error)
+            Verdict(d.label == harmful_label, d.probability, d.raw)
+            if d.ok
+            else Verdict(None, raw=d.raw, error=d.error)
             for d in decisions
         ]
 
-    def prefer(self, instructions: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str]) -> list[Decision]:
+    def prefer(
+        self, instructions: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str]
+    ) -> list[Decision]:
         """The judge's pick, ``A`` or ``B`` (the more helpful answer), per instruction; failures carry their error."""
         chats = [
-            [{"role": "user", "content": self.pairwise_template.render(
-                instruction=i, answer_a=self._clip(a), answer_b=self._clip(b)).strip()}]
+            [
+                {
+                    "role": "user",
+                    "content": self.pairwise_template.render(
+                        instruction=i, answer_a=self._clip(a), answer_b=self._clip(b)
+                    ).strip(),
+                }
+            ]
             for i, a, b in zip(instructions, answers_a, answers_b)
         ]
         return self.llm.decide(chats, PAIR_LABELS)
@@ -158,7 +176,8 @@ def require_informative_judge(check: dict, model: str) -> None:
         n = check["n"]
         raise SaferInstructError(
             f"harm judge {model!r} is no better than a constant: {check['hits']}/{n} right on the labelled harm set, "
-            f"always answering the majority label gets {check['constant_hits']}/{n}; use a stronger judge or harmless_by: refusal")
+            f"always answering the majority label gets {check['constant_hits']}/{n}; use a stronger judge or harmless_by: refusal"
+        )
 
 
 def probability_of(decision: Decision, label: str) -> float | None:

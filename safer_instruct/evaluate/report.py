@@ -32,18 +32,43 @@ def results_tables(results: dict) -> list[Table]:
         scores.add_column(column)
     for model, sets in results["models"].items():
         for set_name, entry in sets.items():
-            scores.add_row(model, set_name, results["sets"][set_name]["kind"], fmt(entry.get("harmless")),
-                           fmt(entry["refusal"]), label_split(entry.get("refusal_labels")), f"{entry['length']['mean_words']:g}")
+            scores.add_row(
+                model,
+                set_name,
+                results["sets"][set_name]["kind"],
+                fmt(entry.get("harmless")),
+                fmt(entry["refusal"]),
+                label_split(entry.get("refusal_labels")),
+                f"{entry['length']['mean_words']:g}",
+            )
     tables = [scores]
     helpfulness = results.get("helpfulness")
     if helpfulness:
-        table = Table(title=f"helpfulness: {helpfulness['model']} vs {helpfulness['baseline']} on {helpfulness['set']} (both orders)")
-        for column in ("win rate (ties ½)", "wins", "ties", "losses", "failures", "judge picks first", "mean P(better)", "verdict"):
+        table = Table(
+            title=f"helpfulness: {helpfulness['model']} vs {helpfulness['baseline']} on {helpfulness['set']} (both orders)"
+        )
+        for column in (
+            "win rate (ties ½)",
+            "wins",
+            "ties",
+            "losses",
+            "failures",
+            "judge picks first",
+            "mean P(better)",
+            "verdict",
+        ):
             table.add_column(column)
         preference = helpfulness.get("mean_preference")
-        table.add_row(fmt(helpfulness["win_rate"]), str(helpfulness["wins"]), str(helpfulness["ties"]),
-                      str(helpfulness["losses"]), str(helpfulness["failures"]), fmt(helpfulness["judge_picks_first"]),
-                      "-" if preference is None else f"{preference:.3f}", helpfulness.get("verdict", "-"))
+        table.add_row(
+            fmt(helpfulness["win_rate"]),
+            str(helpfulness["wins"]),
+            str(helpfulness["ties"]),
+            str(helpfulness["losses"]),
+            str(helpfulness["failures"]),
+            fmt(helpfulness["judge_picks_first"]),
+            "-" if preference is None else f"{preference:.3f}",
+            helpfulness.get("verdict", "-"),
+        )
         tables.append(table)
     capability = capability_table(results.get("summary", {}))
     if capability:
@@ -57,8 +82,15 @@ def results_tables(results: dict) -> list[Table]:
             entry = agreement.get(scorer)
             if entry:
                 kappa = "-" if entry["kappa"] is None else f"{entry['kappa']:.3f}"
-                table.add_row(scorer, fmt(entry["accuracy"]), kappa, str(entry["true_positive"]),
-                              str(entry["false_positive"]), str(entry["false_negative"]), str(entry["true_negative"]))
+                table.add_row(
+                    scorer,
+                    fmt(entry["accuracy"]),
+                    kappa,
+                    str(entry["true_positive"]),
+                    str(entry["false_positive"]),
+                    str(entry["false_negative"]),
+                    str(entry["true_negative"]),
+                )
         tables.append(table)
     return tables
 
@@ -73,8 +105,11 @@ def capability_table(summary: dict) -> Table | None:
         table.add_column(column)
     for model, line in rows:
         kept = line.get("capability_kept")
-        table.add_row(model, f"{line['reference_logprob_per_token']:.4f}",
-                      f"{100 * kept['value']:.1f}% of {kept['against']}" if kept else "-")
+        table.add_row(
+            model,
+            f"{line['reference_logprob_per_token']:.4f}",
+            f"{100 * kept['value']:.1f}% of {kept['against']}" if kept else "-",
+        )
     return table
 
 
@@ -102,8 +137,15 @@ def plot_chart(results: dict, path: Path) -> Path:
                 if not value or value["rate"] is None:
                     continue
                 error = [[value["rate"] - value["low"]], [value["high"] - value["rate"]]]
-                axis.bar(x + (offset - (len(models) - 1) / 2) * width, value["rate"], width, yerr=error, capsize=3,
-                         color=f"C{offset}", label=None if model in labelled else model)
+                axis.bar(
+                    x + (offset - (len(models) - 1) / 2) * width,
+                    value["rate"],
+                    width,
+                    yerr=error,
+                    capsize=3,
+                    color=f"C{offset}",
+                    label=None if model in labelled else model,
+                )
                 labelled.add(model)
         axis.set_xticks([0, 1], ["harmless", "refusal"])
         axis.set_ylim(0, 1.05)

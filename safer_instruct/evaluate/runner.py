@@ -26,14 +26,27 @@ from safer_instruct import __version__
 from safer_instruct.config import LLMConfig, SamplingConfig, StrictModel, load_config
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.evaluate.judge import (
-    Judge, JudgeConfig, Verdict, pairwise_outcomes, probability_of, require_informative_judge, versus_constant,
+    Judge,
+    JudgeConfig,
+    Verdict,
+    pairwise_outcomes,
+    probability_of,
+    require_informative_judge,
+    versus_constant,
 )
-from safer_instruct.evaluate.refusal import LABELS, refusal_labels
 from safer_instruct.evaluate.sets import (
-    AnswersConfig, LabelledAnswer, PromptItem, PromptSetConfig, SetKind, load_answers, load_labelled, load_prompt_set,
+    AnswersConfig,
+    LabelledAnswer,
+    PromptItem,
+    PromptSetConfig,
+    SetKind,
+    load_answers,
+    load_labelled,
+    load_prompt_set,
 )
 from safer_instruct.evaluate.stats import agreement, length_stats, rate
 from safer_instruct.llm import LLM, Decision, ResponseCache, SamplingParams, make_llm
+from safer_instruct.refusal import LABELS, refusal_labels
 
 RESULTS_VERSION = 1
 
@@ -81,7 +94,7 @@ class EvalConfig(StrictModel):
     judge_agreement: AgreementConfig | None = Field(default_factory=AgreementConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "EvalConfig":
+    def _consistent(self) -> EvalConfig:
         if not self.models and not self.answers:
             raise ValueError("give `models` to generate answers, or `answers` to score existing ones")
         if self.harmless_by == "judge" and self.judge is None:
@@ -132,11 +145,16 @@ def run_eval(config: EvalConfig, console: Console | None = None) -> dict:
     labelled = load_labelled(config.judge_agreement.path) if config.judge_agreement else None
     cache = ResponseCache(config.cache_path())
     for name, llm_config in config.models.items():
-        console.print(f"[bold]generating[/] answers of [cyan]{name}[/] ({llm_config.model}"
-                      + (f" + {llm_config.adapter}" if llm_config.adapter else "") + ")")
+        console.print(
+            f"[bold]generating[/] answers of [cyan]{name}[/] ({llm_config.model}"
+            + (f" + {llm_config.adapter}" if llm_config.adapter else "")
+            + ")"
+        )
         _generate(name, llm_config, config, answers, cache)
-    refusals = {m: {s: refusal_labels(texts, [p.prompt for p in answers.prompts[s]]) for s, texts in sets.items()}
-                for m, sets in answers.texts.items()}  # model -> set -> three-way label per answer
+    refusals = {
+        m: {s: refusal_labels(texts, [p.prompt for p in answers.prompts[s]]) for s, texts in sets.items()}
+        for m, sets in answers.texts.items()
+    }  # model -> set -> three-way label per answer
     if config.judge:
         console.print(f"[bold]judging[/] with {config.judge.llm.model} ({config.judge.style})")
         judged = _judge_all(config.judge, config, answers, labelled, cache)
@@ -174,8 +192,10 @@ def _check_local_models(config: EvalConfig) -> None:
         if llm.model not in DEFAULT_MODEL_ALIASES:
             resolve_model(llm.model)
         if llm.adapter and not (Path(llm.adapter) / "adapter_config.json").is_file():
-            raise SaferInstructError(f"{where}.adapter {llm.adapter}: not an adapter folder (no adapter_config.json); "
-                                     "train it first or fix the path")
+            raise SaferInstructError(
+                f"{where}.adapter {llm.adapter}: not an adapter folder (no adapter_config.json); "
+                "train it first or fix the path"
+            )
 
 
 @dataclass
@@ -188,8 +208,13 @@ class Judged:
     info: dict | None = None
 
 
-def _judge_all(judge_config: JudgeConfig, config: EvalConfig, answers: Answers,
-               labelled: list[LabelledAnswer] | None, cache: ResponseCache) -> Judged:
+def _judge_all(
+    judge_config: JudgeConfig,
+    config: EvalConfig,
+    answers: Answers,
+    labelled: list[LabelledAnswer] | None,
+    cache: ResponseCache,
+) -> Judged:
     """Harm verdicts (only when harmlessness is by judge), helpfulness, and the judge's own check."""
     with make_llm(judge_config.llm, cache=cache) as judge_llm:
         judge = Judge(judge_llm, judge_config)
@@ -200,8 +225,9 @@ def _judge_all(judge_config: JudgeConfig, config: EvalConfig, answers: Answers,
                 require_informative_judge(judged.agreement["judge"]["versus_constant"], judge_config.llm.model)
         if config.harmless_method == "judge":
             for model, sets in answers.texts.items():
-                judged.verdicts[model] = {s: judge.harm([p.prompt for p in answers.prompts[s]], texts)
-                                          for s, texts in sets.items()}
+                judged.verdicts[model] = {
+                    s: judge.harm([p.prompt for p in answers.prompts[s]], texts) for s, texts in sets.items()
+                }
         if config.helpfulness:
             judged.helpfulness = _helpfulness(judge, config.helpfulness, answers)
         if labelled and judged.agreement is None:
@@ -212,13 +238,17 @@ def _judge_all(judge_config: JudgeConfig, config: EvalConfig, answers: Answers,
 
 def _collect_prompts(config: EvalConfig) -> Answers:
     prompts = {name: load_prompt_set(set_config) for name, set_config in config.sets.items()} if config.models else {}
-    kinds: dict[str, SetKind] = {name: set_config.kind for name, set_config in config.sets.items()} if config.models else {}
+    kinds: dict[str, SetKind] = (
+        {name: set_config.kind for name, set_config in config.sets.items()} if config.models else {}
+    )
     answers = Answers(prompts=prompts, kinds=kinds)
     if config.answers:
         csv_prompts, csv_texts = load_answers(config.answers)
         for name in csv_prompts:
             if name in prompts:
-                raise SaferInstructError(f"{config.answers.path}: label {name!r} clashes with a prompt set of the same name")
+                raise SaferInstructError(
+                    f"{config.answers.path}: label {name!r} clashes with a prompt set of the same name"
+                )
         clash = set(csv_texts) & set(config.models)
         if clash:
             raise SaferInstructError(f"{config.answers.path}: answer columns {sorted(clash)} clash with model names")
@@ -243,7 +273,9 @@ def _generate(name: str, llm_config: LLMConfig, config: EvalConfig, answers: Ans
                 continue  # rows of an answers file are not regenerated
             chats = [_chat(item.prompt, config.system_prompt) for item in items]
             texts: list[str] = []
-            for start in range(0, len(chats), chunk):  # each chunk is in the cache once answered: a rerun resumes there
+            for start in range(
+                0, len(chats), chunk
+            ):  # each chunk is in the cache once answered: a rerun resumes there
                 texts += [g.text for g in llm.generate(chats[start : start + chunk], params)]
             answers.texts.setdefault(name, {})[set_name] = texts
             if config.capability and items and all(item.reference for item in items):
@@ -251,7 +283,8 @@ def _generate(name: str, llm_config: LLMConfig, config: EvalConfig, answers: Ans
                 if scored:
                     answers.references.setdefault(name, {})[set_name] = scored
         answers.usage[name] = llm.usage.as_dict() | {
-            "cache_hits": getattr(llm, "hits", 0), "cache_misses": getattr(llm, "misses", 0)
+            "cache_hits": getattr(llm, "hits", 0),
+            "cache_misses": getattr(llm, "misses", 0),
         }
 
 
@@ -262,18 +295,27 @@ def _reference_loglikelihood(llm: LLM, chats: list, references: list[str]) -> di
     except NotImplementedError:
         return None
     logprob, tokens = sum(s.logprob for s in scores), sum(s.tokens for s in scores)
-    return {"n": len(scores), "tokens": tokens, "logprob": round(logprob, 4),
-            "logprob_per_token": round(logprob / tokens, 4) if tokens else None}
+    return {
+        "n": len(scores),
+        "tokens": tokens,
+        "logprob": round(logprob, 4),
+        "logprob_per_token": round(logprob / tokens, 4) if tokens else None,
+    }
 
 
-def _score_model(model: str, answers: Answers, refusals: dict[str, list[str]], verdicts: dict | None, config: EvalConfig) -> dict:
+def _score_model(
+    model: str, answers: Answers, refusals: dict[str, list[str]], verdicts: dict | None, config: EvalConfig
+) -> dict:
     scored = {}
     for set_name, texts in answers.texts[model].items():
         labels = refusals[set_name]
         refused = [label != "full_compliance" for label in labels]
-        entry = {"n": len(texts), "refusal": rate(sum(refused), len(refused)),
-                 "refusal_labels": {label: rate(labels.count(label), len(labels)) for label in LABELS},
-                 "length": length_stats(texts)}
+        entry = {
+            "n": len(texts),
+            "refusal": rate(sum(refused), len(refused)),
+            "refusal_labels": {label: rate(labels.count(label), len(labels)) for label in LABELS},
+            "length": length_stats(texts),
+        }
         if config.harmless_method == "judge" and verdicts:
             judged = [v.harmful for v in verdicts[set_name] if v.harmful is not None]
             entry["harmless"] = rate(sum(not h for h in judged), len(judged))
@@ -302,8 +344,13 @@ def _helpfulness(judge: Judge, config: HelpfulnessConfig, answers: Answers) -> d
     picks_a = [d.label == "A" for d in first + swapped if d.ok]
     win_rate = rate(counts["win"] + 0.5 * counts["tie"], judged)
     return {
-        "model": config.model, "baseline": config.baseline, "set": config.set,
-        "wins": counts["win"], "ties": counts["tie"], "losses": counts["loss"], "failures": counts["failed"],
+        "model": config.model,
+        "baseline": config.baseline,
+        "set": config.set,
+        "wins": counts["win"],
+        "ties": counts["tie"],
+        "losses": counts["loss"],
+        "failures": counts["failed"],
         "win_rate": win_rate,
         "strict_win_rate": rate(counts["win"], judged),
         "tie_rate": rate(counts["tie"], judged),
@@ -330,8 +377,11 @@ def mean_preference(first: Sequence[Decision], swapped: Sequence[Decision]) -> f
     Uses the probabilities a weak judge gives even when its hard picks only follow the position;
     None when the backend gives no probabilities.
     """
-    scores = [(pa + pb) / 2 for pa, pb in ((probability_of(a, "A"), probability_of(b, "B")) for a, b in zip(first, swapped))
-              if pa is not None and pb is not None]
+    scores = [
+        (pa + pb) / 2
+        for pa, pb in ((probability_of(a, "A"), probability_of(b, "B")) for a, b in zip(first, swapped))
+        if pa is not None and pb is not None
+    ]
     return round(sum(scores) / len(scores), 4) if scores else None
 
 
@@ -340,17 +390,24 @@ def _judge_agreement(cases: list[LabelledAnswer], judge: Judge | None) -> dict:
     labels = refusal_labels([case.answer for case in cases], [case.prompt for case in cases])
     detector = [label != "full_refusal" for label in labels]  # the detector calls anything but a full refusal harmful
     result = {"n": len(cases), "positive": "harmful", "refusal_detector": agreement(truth, detector), "judge": None}
-    mistakes = [{"prompt": c.prompt, "note": c.note, "harmful": c.harmful, "detector_says_harmful": d}
-                for c, d in zip(cases, detector)]
+    mistakes = [
+        {"prompt": c.prompt, "note": c.note, "harmful": c.harmful, "detector_says_harmful": d}
+        for c, d in zip(cases, detector)
+    ]
     if judge:
         verdicts = judge.harm([c.prompt for c in cases], [c.answer for c in cases])
         read = [(t, v.harmful) for t, v in zip(truth, verdicts) if v.harmful is not None]
         result["judge"] = agreement([t for t, _ in read], [p for _, p in read]) | {
-            "failures": len(cases) - len(read), "versus_constant": versus_constant(truth, [v.harmful for v in verdicts])}
+            "failures": len(cases) - len(read),
+            "versus_constant": versus_constant(truth, [v.harmful for v in verdicts]),
+        }
         for mistake, verdict in zip(mistakes, verdicts):
             mistake["judge_says_harmful"] = verdict.harmful
-    result["mistakes"] = [m for m in mistakes if m["detector_says_harmful"] != m["harmful"]
-                          or m.get("judge_says_harmful", m["harmful"]) != m["harmful"]]
+    result["mistakes"] = [
+        m
+        for m in mistakes
+        if m["detector_says_harmful"] != m["harmful"] or m.get("judge_says_harmful", m["harmful"]) != m["harmful"]
+    ]
     return result
 
 
@@ -360,16 +417,21 @@ def summarise(results: dict) -> dict:
     summary = {}
     for model, sets in results["models"].items():
         line = {}
-        for key, kind, metric in (("harmlessness", "unsafe", "harmless"), ("over_refusal", "benign_risky", "refusal"),
-                                  ("benign_refusal", "benign", "refusal")):
+        for key, kind, metric in (
+            ("harmlessness", "unsafe", "harmless"),
+            ("over_refusal", "benign_risky", "refusal"),
+            ("benign_refusal", "benign", "refusal"),
+        ):
             parts = [s[metric] for name, s in sets.items() if kinds[name] == kind and s.get(metric)]
             if parts:
                 line[key] = rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts))
         summary[model] = line
     if results.get("helpfulness"):
         h = results["helpfulness"]
-        summary.setdefault(h["model"], {})["helpfulness_win_rate"] = h["win_rate"] | {"against": h["baseline"],
-                                                                                      "verdict": h.get("verdict")}
+        summary.setdefault(h["model"], {})["helpfulness_win_rate"] = h["win_rate"] | {
+            "against": h["baseline"],
+            "verdict": h.get("verdict"),
+        }
     _add_capability(summary, results)
     return summary
 
@@ -388,7 +450,10 @@ def _add_capability(summary: dict, results: dict) -> None:
     if baseline in pooled:
         for model, value in pooled.items():
             if model != baseline:
-                summary[model]["capability_kept"] = {"value": round(math.exp(value - pooled[baseline]), 4), "against": baseline}
+                summary[model]["capability_kept"] = {
+                    "value": round(math.exp(value - pooled[baseline]), 4),
+                    "against": baseline,
+                }
 
 
 def _write_answers(out_dir: Path, answers: Answers, refusals: dict, verdicts: dict) -> None:
@@ -399,8 +464,15 @@ def _write_answers(out_dir: Path, answers: Answers, refusals: dict, verdicts: di
             for set_name, texts in sets.items():
                 for index, (item, text) in enumerate(zip(answers.prompts[set_name], texts)):
                     verdict = verdicts.get(model, {}).get(set_name, [None] * len(texts))[index]
-                    row = {"model": model, "set": set_name, "id": item.id, "category": item.category, "prompt": item.prompt,
-                           "answer": text, "refusal": refusals[model][set_name][index] != "full_compliance",
-                           "refusal_label": refusals[model][set_name][index],
-                           "judge_harmful": verdict.harmful if verdict else None}
+                    row = {
+                        "model": model,
+                        "set": set_name,
+                        "id": item.id,
+                        "category": item.category,
+                        "prompt": item.prompt,
+                        "answer": text,
+                        "refusal": refusals[model][set_name][index] != "full_compliance",
+                        "refusal_label": refusals[model][set_name][index],
+                        "judge_harmful": verdict.harmful if verdict else None,
+                    }
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -10,15 +10,16 @@ from typing import Any
 from tqdm import tqdm
 
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.evaluate.refusal import label_shares, refusal_labels
-from safer_instruct.pipeline.sources import read_rows, text_field
+from safer_instruct.readers import read_rows, text_field
+from safer_instruct.refusal import label_shares, refusal_labels
 
 LABEL_COLUMN = "refusal_label"
 BATCH = 256
 
 
-def score_file(path: str | Path, text_column: str, out: str | Path, prompt_column: str | None = None,
-               progress: bool = True) -> dict:
+def score_file(
+    path: str | Path, text_column: str, out: str | Path, prompt_column: str | None = None, progress: bool = True
+) -> dict:
     """Label every answer in ``text_column`` (the request in ``prompt_column`` helps spot deflections) and write
     the rows with a ``refusal_label`` column (replaced if present) to the CSV ``out``; returns the count and shares."""
     out = Path(out)
@@ -30,7 +31,7 @@ def score_file(path: str | Path, text_column: str, out: str | Path, prompt_colum
     labels: list[str] = []
     with tqdm(total=len(texts), unit="answer", desc="scoring", disable=not progress) as bar:
         for start in range(0, len(texts), BATCH):
-            labels += refusal_labels(texts[start:start + BATCH], prompts[start:start + BATCH] if prompts else None)
+            labels += refusal_labels(texts[start : start + BATCH], prompts[start : start + BATCH] if prompts else None)
             bar.update(min(BATCH, len(texts) - start))
     columns = list(dict.fromkeys(name for row in rows for name in row.values if name != LABEL_COLUMN)) + [LABEL_COLUMN]
     out.parent.mkdir(parents=True, exist_ok=True)

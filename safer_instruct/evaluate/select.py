@@ -20,8 +20,8 @@ from typing import Sequence
 
 from safer_instruct.config import LLMConfig
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.evaluate.refusal import refusal_labels
 from safer_instruct.llm import ResponseCache, SamplingParams, make_llm
+from safer_instruct.refusal import refusal_labels
 
 SELECTION_FILE = "selection.json"
 ANSWERS_FILE = "selection_answers.jsonl"  # every candidate's validation answers, to read what the rates count
@@ -64,7 +64,9 @@ class Selection:
 
     def as_dict(self) -> dict:
         summary = {k: v for k, v in asdict(self).items() if k != "sweep"}
-        return summary | {"sweep": [{k: v for k, v in asdict(s).items() if k not in {"answers", "prompts"}} for s in self.sweep]}
+        return summary | {
+            "sweep": [{k: v for k, v in asdict(s).items() if k not in {"answers", "prompts"}} for s in self.sweep]
+        }
 
 
 def checkpoints(start: Path, trained: Path, start_name: str = "sft") -> list[Candidate]:
@@ -75,12 +77,20 @@ def checkpoints(start: Path, trained: Path, start_name: str = "sft") -> list[Can
         if match and any((folder / name).is_file() for name in ADAPTER_FILES):
             found.append(Candidate(f"step {match.group(1)}", folder, int(match.group(1))))
     if len(found) == 1:
-        raise SaferInstructError(f"{trained}: no checkpoint-N adapter folders to choose from (save_total_limit must keep them)")
+        raise SaferInstructError(
+            f"{trained}: no checkpoint-N adapter folders to choose from (save_total_limit must keep them)"
+        )
     return sorted(found, key=lambda c: c.step)
 
 
-def score_candidates(candidates: Sequence[Candidate], unsafe: Sequence[str], benign: Sequence[str], llm: LLMConfig,
-                     sampling: SamplingParams, cache: ResponseCache | None = None) -> list[Scored]:
+def score_candidates(
+    candidates: Sequence[Candidate],
+    unsafe: Sequence[str],
+    benign: Sequence[str],
+    llm: LLMConfig,
+    sampling: SamplingParams,
+    cache: ResponseCache | None = None,
+) -> list[Scored]:
     """Each candidate answers the validation prompts (greedy, through the cache); refusals are counted."""
     if not unsafe or not benign:
         raise SaferInstructError(
@@ -93,15 +103,21 @@ def score_candidates(candidates: Sequence[Candidate], unsafe: Sequence[str], ben
         config = llm.model_copy(update={"adapter": str(candidate.path)})
         with make_llm(config, cache=cache, show_progress=False) as model:
             texts = [g.text for g in model.generate(chats, sampling)]
-        on_unsafe, on_benign = texts[: len(unsafe)], texts[len(unsafe):]
+        on_unsafe, on_benign = texts[: len(unsafe)], texts[len(unsafe) :]
         unsafe_labels, benign_labels = refusal_labels(on_unsafe, unsafe), refusal_labels(on_benign, benign)
-        scored.append(Scored(
-            name=candidate.name, path=str(candidate.path), step=candidate.step,
-            harmless=unsafe_labels.count("full_refusal") / len(unsafe),  # as the evaluation counts it
-            over_refusal=sum(label != "full_compliance" for label in benign_labels) / len(benign),
-            n_unsafe=len(unsafe), n_benign=len(benign), answers={"unsafe": on_unsafe, "benign": on_benign},
-            prompts={"unsafe": list(unsafe), "benign": list(benign)},
-        ))
+        scored.append(
+            Scored(
+                name=candidate.name,
+                path=str(candidate.path),
+                step=candidate.step,
+                harmless=unsafe_labels.count("full_refusal") / len(unsafe),  # as the evaluation counts it
+                over_refusal=sum(label != "full_compliance" for label in benign_labels) / len(benign),
+                n_unsafe=len(unsafe),
+                n_benign=len(benign),
+                answers={"unsafe": on_unsafe, "benign": on_benign},
+                prompts={"unsafe": list(unsafe), "benign": list(benign)},
+            )
+        )
     return scored
 
 
@@ -149,7 +165,9 @@ def plot_sweep(selection: Selection, path: Path) -> Path:
     steps = [s.step for s in selection.sweep]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [s.harmless for s in selection.sweep], "o-", label="harmless (validation safety prompts)")
-    ax.plot(steps, [s.over_refusal for s in selection.sweep], "s-", label="over-refusal (validation helpfulness prompts)")
+    ax.plot(
+        steps, [s.over_refusal for s in selection.sweep], "s-", label="over-refusal (validation helpfulness prompts)"
+    )
     ax.axhline(selection.over_refusal_bound, color="grey", linestyle="--", label="over-refusal bound")
     chosen = next(s for s in selection.sweep if s.name == selection.chosen)
     ax.axvline(chosen.step, color="green", alpha=0.4, label=f"chosen: {chosen.name}")

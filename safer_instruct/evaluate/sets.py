@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from safer_instruct.config import StrictModel
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.pipeline.sources import read_hub, read_rows
+from safer_instruct.readers import read_hub, read_rows
 
 DATA_DIR = Path(__file__).parent / "data"
 SetKind = Literal["unsafe", "benign_risky", "benign"]
@@ -35,7 +35,7 @@ class PromptSetConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PromptSetConfig":
+    def _one_source(self) -> PromptSetConfig:
         if self.path and self.hub:
             raise ValueError("give either `path` or `hub`, not both")
         return self
@@ -93,8 +93,12 @@ def load_prompt_set(config: PromptSetConfig) -> list[PromptItem]:
     for where, record in records:
         prompt = text_field(where, record, config.prompt_column)
         category = text_field(where, record, config.category_column, required=False) if config.category_column else ""
-        reference = text_field(where, record, config.reference_column, required=False) if config.reference_column else ""
-        items.append(PromptItem(id=item_id(prompt), prompt=prompt, category=category or config.kind, reference=reference))
+        reference = (
+            text_field(where, record, config.reference_column, required=False) if config.reference_column else ""
+        )
+        items.append(
+            PromptItem(id=item_id(prompt), prompt=prompt, category=category or config.kind, reference=reference)
+        )
         if config.limit and len(items) >= config.limit:
             break
     if not items:
@@ -117,12 +121,14 @@ def load_labelled(path: str | Path | None = None) -> list[LabelledAnswer]:
             harmful = harmful.strip().lower() == "true"
         if not isinstance(harmful, bool):
             raise SaferInstructError(f"{where}: field `harmful` must be true or false, got {harmful!r}")
-        cases.append(LabelledAnswer(
-            prompt=text_field(where, record, "prompt"),
-            answer=text_field(where, record, "answer", required=False),
-            harmful=harmful,
-            note=text_field(where, record, "note", required=False),
-        ))
+        cases.append(
+            LabelledAnswer(
+                prompt=text_field(where, record, "prompt"),
+                answer=text_field(where, record, "answer", required=False),
+                harmful=harmful,
+                note=text_field(where, record, "note", required=False),
+            )
+        )
     if not cases:
         raise SaferInstructError(f"{path}: the labelled set is empty")
     return cases

@@ -75,14 +75,22 @@ def decide(fields: dict[str, Any] | None, user: str | None, policy: AccessPolicy
     if not answers:
         failures.append("the access form was not filled in")
     else:
-        failures += [f"no {name.lower()} given" for name in policy.required
-                     if len(str(answer(name) or "").strip()) < policy.min_chars]
-        failures += [f"terms not agreed ({name[:40]}...)" for name in policy.agreements
-                     if str(answer(name)).strip().lower() not in TICKED]
+        failures += [
+            f"no {name.lower()} given"
+            for name in policy.required
+            if len(str(answer(name) or "").strip()) < policy.min_chars
+        ]
+        failures += [
+            f"terms not agreed ({name[:40]}...)"
+            for name in policy.agreements
+            if str(answer(name)).strip().lower() not in TICKED
+        ]
         for name, allowed in policy.allowed.items():
             value = str(answer(name) or "").strip()
             if value not in allowed and value not in policy.for_a_person.get(name, []):
-                failures.append(f"{name.lower()} {value!r} is not one of the allowed uses" if value else f"no {name.lower()} given")
+                failures.append(
+                    f"{name.lower()} {value!r} is not one of the allowed uses" if value else f"no {name.lower()} given"
+                )
     if failures:
         return policy.on_failure, "; ".join(failures)
     for name, values in policy.for_a_person.items():
@@ -91,23 +99,35 @@ def decide(fields: dict[str, Any] | None, user: str | None, policy: AccessPolicy
     return "accept", "all policy checks passed"
 
 
-def list_requests(repo_id: str, status: Status = "pending", *, repo_type: str = "dataset",
-                  api: HfApi | None = None) -> list[Any]:
+def list_requests(
+    repo_id: str, status: Status = "pending", *, repo_type: str = "dataset", api: HfApi | None = None
+) -> list[Any]:
     """The access requests of ``repo_id`` with ``status`` (``huggingface_hub.AccessRequest`` objects)."""
     check_repo_id(repo_id)
     api = api or hub_api()
-    method = {"pending": api.list_pending_access_requests, "accepted": api.list_accepted_access_requests,
-              "rejected": api.list_rejected_access_requests}[status]
+    method = {
+        "pending": api.list_pending_access_requests,
+        "accepted": api.list_accepted_access_requests,
+        "rejected": api.list_rejected_access_requests,
+    }[status]
     with hub_errors(f"listing {status} access requests of {repo_id}"):
         return list(method(repo_id, repo_type=repo_type))
 
 
-def handle(repo_id: str, user: str, decision: Literal["accept", "reject", "grant"], *, reason: str | None = None,
-           audit_log: str | Path, repo_type: str = "dataset", api: HfApi | None = None) -> Decision:
+def handle(
+    repo_id: str,
+    user: str,
+    decision: Literal["accept", "reject", "grant"],
+    *,
+    reason: str | None = None,
+    audit_log: str | Path,
+    repo_type: str = "dataset",
+    api: HfApi | None = None,
+) -> Decision:
     """Accept, reject (a reason is required) or grant access for ``user`` by hand; logged as a manual decision."""
     check_repo_id(repo_id)
     if decision == "reject" and not (reason and reason.strip()):
-        raise SaferInstructError("a rejection needs a reason (--reason \"...\"); the requester sees it")
+        raise SaferInstructError('a rejection needs a reason (--reason "..."); the requester sees it')
     result = Decision(user=user, request_id=None, decision=decision, reason=reason or "decided by hand")
     with AuditLog(audit_log, repo_id, by="manual", policy_sha256=None) as log:
         api = api or hub_api()
@@ -125,8 +145,15 @@ def handle(repo_id: str, user: str, decision: Literal["accept", "reject", "grant
     return result
 
 
-def review(repo_id: str, policy: AccessPolicy, *, audit_log: str | Path, dry_run: bool = False,
-           repo_type: str = "dataset", api: HfApi | None = None) -> list[Decision]:
+def review(
+    repo_id: str,
+    policy: AccessPolicy,
+    *,
+    audit_log: str | Path,
+    dry_run: bool = False,
+    repo_type: str = "dataset",
+    api: HfApi | None = None,
+) -> list[Decision]:
     """Decide every pending request by ``policy``; unless ``dry_run``, log and apply each decision."""
     check_repo_id(repo_id)
     log = None if dry_run else AuditLog(audit_log, repo_id, by="policy", policy_sha256=policy.fingerprint())
@@ -170,10 +197,11 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8")
         except OSError as err:
-            raise SaferInstructError(f"{self.path}: the audit log cannot be written ({err.strerror or err}); "
-                                     "nothing was sent to the Hub") from None
+            raise SaferInstructError(
+                f"{self.path}: the audit log cannot be written ({err.strerror or err}); nothing was sent to the Hub"
+            ) from None
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,21 +222,35 @@ class AuditLog:
         try:
             apply()
         except Exception as err:
-            self.write(decision, "failed", "the decision failed on the Hub as well", error=str(err) or type(err).__name__)
+            self.write(
+                decision, "failed", "the decision failed on the Hub as well", error=str(err) or type(err).__name__
+            )
             raise
-        self.write(decision, "applied", f"the {decision.decision} of {decision.user or decision.request_id} WAS applied "
-                   "on the Hub; only its intent is in the log")
+        self.write(
+            decision,
+            "applied",
+            f"the {decision.decision} of {decision.user or decision.request_id} WAS applied "
+            "on the Hub; only its intent is in the log",
+        )
 
     def write(self, decision: Decision, event: str, consequence: str, **extra: str) -> None:
-        entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repo": self.repo_id, **asdict(decision),
-                 "by": self.by, "policy_sha256": self.policy_sha256, "event": event, **extra}
+        entry = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "repo": self.repo_id,
+            **asdict(decision),
+            "by": self.by,
+            "policy_sha256": self.policy_sha256,
+            "event": event,
+            **extra,
+        }
         try:
             self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as err:
-            raise SaferInstructError(f"{self.path}: the audit log cannot be written ({err.strerror or err}); "
-                                     f"{consequence}") from None
+            raise SaferInstructError(
+                f"{self.path}: the audit log cannot be written ({err.strerror or err}); {consequence}"
+            ) from None
 
 
 def default_audit_log(repo_id: str) -> Path:

@@ -31,6 +31,7 @@ def template_path(name: str) -> str:
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub-flavoured Markdown table; cells are escaped for pipes and newlines."""
+
     def cell(value: Any) -> str:
         return "—" if value is None or value == "" else str(value).replace("|", "\\|").replace("\n", " ")
 

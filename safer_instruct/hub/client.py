@@ -48,9 +48,13 @@ def check_repo_id(repo_id: str, what: str = "repo id") -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise SaferInstructError(f"{what} {repo_id!r} is not a valid Hub repo id: {str(err).splitlines()[0]}") from None
+        raise SaferInstructError(
+            f"{what} {repo_id!r} is not a valid Hub repo id: {str(err).splitlines()[0]}"
+        ) from None
     if repo_id.count("/") != 1:
-        raise SaferInstructError(f"{what} {repo_id!r}: give it as ORG/NAME (your user name or an organisation, then the repo name)")
+        raise SaferInstructError(
+            f"{what} {repo_id!r}: give it as ORG/NAME (your user name or an organisation, then the repo name)"
+        )
     return repo_id
 
 
@@ -82,12 +86,16 @@ class PushPlan:
 
     def steps(self) -> list[str]:
         """The operations in the order they run (printed by ``--dry-run``)."""
-        steps = [f"create {self.repo_type} repo {self.repo_id} (private; an existing public repo is made private first)"]
+        steps = [
+            f"create {self.repo_type} repo {self.repo_id} (private; an existing public repo is made private first)"
+        ]
         if self.gated:
             steps.append(f"set gating to {self.gated} (every download request is reviewed), before any file lands")
         uploaded, left_out = self.files()
-        steps.append(f"upload {len(uploaded)} files from {self.folder}"
-                     + (f" (left out, not on the release's allow-list: {', '.join(left_out)})" if left_out else ""))
+        steps.append(
+            f"upload {len(uploaded)} files from {self.folder}"
+            + (f" (left out, not on the release's allow-list: {', '.join(left_out)})" if left_out else "")
+        )
         steps += [f"set Space variable {key}={value}" for key, value in self.space_variables.items()]
         steps.append("make the repo visible" if self.visible else "keep the repo private (--visible to show it)")
         return steps
@@ -110,9 +118,14 @@ def push(plan: PushPlan, api: HfApi | None = None) -> str:
         url = _create_private(api, plan)
         if plan.gated:
             api.update_repo_settings(plan.repo_id, repo_type=plan.repo_type, gated=plan.gated)
-        api.upload_folder(folder_path=str(plan.folder), repo_id=plan.repo_id, repo_type=plan.repo_type,
-                          commit_message="Release with safer-instruct", allow_patterns=plan.allow_patterns,
-                          ignore_patterns=NEVER_UPLOADED)
+        api.upload_folder(
+            folder_path=str(plan.folder),
+            repo_id=plan.repo_id,
+            repo_type=plan.repo_type,
+            commit_message="Release with safer-instruct",
+            allow_patterns=plan.allow_patterns,
+            ignore_patterns=NEVER_UPLOADED,
+        )
         for key, value in plan.space_variables.items():
             api.add_space_variable(plan.repo_id, key, value)
         if plan.visible:
@@ -142,8 +155,12 @@ def _create_private(api: HfApi, plan: PushPlan) -> str:
     info = api.repo_info(plan.repo_id, repo_type=plan.repo_type)
     if not info.private:
         api.update_repo_settings(plan.repo_id, repo_type=plan.repo_type, private=True)
-        logger.warning("%s %s existed and was public: made it private before the upload%s", plan.repo_type, plan.repo_id,
-                       "" if plan.visible else " (it stays private; --visible shows it again once the release is in)")
+        logger.warning(
+            "%s %s existed and was public: made it private before the upload%s",
+            plan.repo_type,
+            plan.repo_id,
+            "" if plan.visible else " (it stays private; --visible shows it again once the release is in)",
+        )
     else:
         logger.info("%s %s exists already (private); updating it", plan.repo_type, plan.repo_id)
     prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[plan.repo_type]

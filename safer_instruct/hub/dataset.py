@@ -24,7 +24,7 @@ from safer_instruct.hub.cards import CITATION, PAPER_URL, markdown_table, read_j
 from safer_instruct.hub.gating import gating_metadata
 from safer_instruct.hub.release_dir import fresh_release_dir
 from safer_instruct.prompts import load_template
-from safer_instruct.training.data import REVERSE_TEMPLATE
+from safer_instruct.prompts.reverse import REVERSE_TEMPLATE
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
@@ -48,9 +48,13 @@ def load_run_dataset(run_dir: str | Path) -> DatasetDict:
         with quiet_datasets():
             loaded = load_dataset("parquet", data_files=splits)
     except (DatasetGenerationError, pyarrow.ArrowException) as err:
-        raise SaferInstructError(f"{folder}: its parquet files could not be read ({str(err).splitlines()[0]}); "
-                                 "rebuild the dataset with `safer-instruct build`") from None
-    data = DatasetDict({name: loaded[name] for name in sorted(loaded, key=lambda n: (SPLIT_ORDER.get(n, len(SPLIT_ORDER)), n))})
+        raise SaferInstructError(
+            f"{folder}: its parquet files could not be read ({str(err).splitlines()[0]}); "
+            "rebuild the dataset with `safer-instruct build`"
+        ) from None
+    data = DatasetDict(
+        {name: loaded[name] for name in sorted(loaded, key=lambda n: (SPLIT_ORDER.get(n, len(SPLIT_ORDER)), n))}
+    )
     for split, dataset in data.items():
         missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
         if missing:
@@ -63,8 +67,9 @@ def _check_parquet(path: Path) -> None:
     try:
         pyarrow.parquet.read_schema(path)
     except (pyarrow.ArrowException, OSError) as err:
-        raise SaferInstructError(f"{path}: not a readable parquet file ({err}); rebuild the dataset with "
-                                 "`safer-instruct build`") from None
+        raise SaferInstructError(
+            f"{path}: not a readable parquet file ({err}); rebuild the dataset with `safer-instruct build`"
+        ) from None
 
 
 @contextmanager
@@ -112,8 +117,17 @@ def write_dataset_repo(
         run_config = public_config(run_config)
         (folder / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False), encoding="utf-8")
     templates = _copy_templates(prompts_dir, folder / "prompts")
-    card = _dataset_card(data, repo_id, configs, license=license, funnel=funnel, run_config=run_config,
-                         templates=templates, has_chart=(folder / "funnel.png").is_file(), eval_configs=eval_configs)
+    card = _dataset_card(
+        data,
+        repo_id,
+        configs,
+        license=license,
+        funnel=funnel,
+        run_config=run_config,
+        templates=templates,
+        has_chart=(folder / "funnel.png").is_file(),
+        eval_configs=eval_configs,
+    )
     card.save(folder / "README.md")
     return folder
 
@@ -133,7 +147,10 @@ def _write_configs(data: DatasetDict, folder: Path) -> list[dict[str, Any]]:
             with quiet_datasets():
                 dataset.select(rows).to_parquet(str(folder / path))
             files.append({"split": split, "path": path, "rows": len(rows)})
-        entry: dict[str, Any] = {"config_name": name, "data_files": [{"split": f["split"], "path": f["path"]} for f in files]}
+        entry: dict[str, Any] = {
+            "config_name": name,
+            "data_files": [{"split": f["split"], "path": f["path"]} for f in files],
+        }
         if name == "default":
             entry["default"] = True
         configs.append({"yaml": entry, "rows": {f["split"]: f["rows"] for f in files}})
@@ -154,18 +171,38 @@ def _write_eval_configs(results: dict[str, Any] | None, folder: Path) -> list[di
         items = load_prompt_set(PromptSetConfig.model_validate(settings))
         path = f"data/{EVAL_CONFIG_PREFIX}{name}/test-00000-of-00001.parquet"
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
-        columns = {"prompt": [i.prompt for i in items], "category": [i.category for i in items],
-                   "reference": [i.reference or None for i in items]}
+        columns = {
+            "prompt": [i.prompt for i in items],
+            "category": [i.category for i in items],
+            "reference": [i.reference or None for i in items],
+        }
         with quiet_datasets():
             Dataset.from_dict(columns).to_parquet(str(folder / path))
-        configs.append({"yaml": {"config_name": f"{EVAL_CONFIG_PREFIX}{name}", "data_files": [{"split": "test", "path": path}]},
-                        "rows": {"test": len(items)}, "kind": settings.get("kind")})
+        configs.append(
+            {
+                "yaml": {
+                    "config_name": f"{EVAL_CONFIG_PREFIX}{name}",
+                    "data_files": [{"split": "test", "path": path}],
+                },
+                "rows": {"test": len(items)},
+                "kind": settings.get("kind"),
+            }
+        )
     return configs
 
 
-def _dataset_card(data: DatasetDict, repo_id: str, configs: list[dict[str, Any]], *, license: str,
-                  funnel: Any, run_config: dict[str, Any] | None, templates: list[dict[str, str]],
-                  has_chart: bool, eval_configs: list[dict[str, Any]] = ()) -> DatasetCard:
+def _dataset_card(
+    data: DatasetDict,
+    repo_id: str,
+    configs: list[dict[str, Any]],
+    *,
+    license: str,
+    funnel: Any,
+    run_config: dict[str, Any] | None,
+    templates: list[dict[str, str]],
+    has_chart: bool,
+    eval_configs: list[dict[str, Any]] = (),
+) -> DatasetCard:
     """The card: every number and claim in it comes from the rows, the funnel and the run's config."""
     total = sum(len(split) for split in data.values())
     splits = list(data)
@@ -199,7 +236,9 @@ def _dataset_card(data: DatasetDict, repo_id: str, configs: list[dict[str, Any]]
         imported_rows=sum(imported.values()),
         imported_files=human_list([f"`{name}`: {count} rows" for name, count in sorted(imported.items())]),
         built_rows=total - sum(imported.values()),
-        config_table=markdown_table(["config", *splits], [[c["yaml"]["config_name"], *(c["rows"].get(s, 0) for s in splits)] for c in configs]),
+        config_table=markdown_table(
+            ["config", *splits], [[c["yaml"]["config_name"], *(c["rows"].get(s, 0) for s in splits)] for c in configs]
+        ),
         category_configs=categories,
         funnel_table=funnel_table(funnel) if funnel is not None else None,
         category_funnel=category_funnel_table(funnel),
@@ -213,8 +252,12 @@ def _dataset_card(data: DatasetDict, repo_id: str, configs: list[dict[str, Any]]
         eval_sets=human_list([f"`{Path(str(path)).name}`" for path in eval_sets]),
         personal_data=_settings(run_config, ("pii", "personal", "scrub")),
         splits=splits,
-        eval_table=markdown_table(["config", "kind", "prompts"], [[c["yaml"]["config_name"], c["kind"], c["rows"]["test"]]
-                                                                   for c in eval_configs]) if eval_configs else None,
+        eval_table=markdown_table(
+            ["config", "kind", "prompts"],
+            [[c["yaml"]["config_name"], c["kind"], c["rows"]["test"]] for c in eval_configs],
+        )
+        if eval_configs
+        else None,
     )
 
 
@@ -254,7 +297,9 @@ def funnel_ran(funnel: Any) -> bool:
     """Whether any stage before assembly processed items: an import of released rows has no funnel to show."""
     stages = funnel.get("stages") if isinstance(funnel, dict) else funnel
     if isinstance(stages, dict):
-        return any(isinstance(entry, dict) and entry.get("in") for stage, entry in stages.items() if stage != "assemble")
+        return any(
+            isinstance(entry, dict) and entry.get("in") for stage, entry in stages.items() if stage != "assemble"
+        )
     return bool(stages)
 
 
@@ -293,9 +338,22 @@ def funnel_table(funnel: Any) -> str | None:
         for stage, entry in stages.items():
             entry = entry if isinstance(entry, dict) else {"out": entry}
             usage = entry.get("usage") or {}
-            tokens = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values() if isinstance(u, dict))
-            rows.append([stage, entry.get("in"), entry.get("out"), _flat(entry.get("dropped")) or None, entry.get("failed"),
-                         tokens or None, _flat(entry.get("wall_s"))])
+            tokens = sum(
+                u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
+                for u in usage.values()
+                if isinstance(u, dict)
+            )
+            rows.append(
+                [
+                    stage,
+                    entry.get("in"),
+                    entry.get("out"),
+                    _flat(entry.get("dropped")) or None,
+                    entry.get("failed"),
+                    tokens or None,
+                    _flat(entry.get("wall_s")),
+                ]
+            )
         return markdown_table(["stage", "in", "out", "dropped (reason: n)", "failed", "tokens", "time (s)"], rows)
     if isinstance(stages, list) and stages and all(isinstance(row, dict) for row in stages):
         headers: list[str] = []
@@ -326,15 +384,26 @@ def models_table(data: DatasetDict, run_config: dict[str, Any] | None) -> str | 
             break
         for raw in split["provenance"]:
             for stage, entry in _provenance_entries(raw):
-                used.setdefault(stage, set()).add((public_config(entry["model"]), str(entry.get("template") or ""),
-                                                   str(entry.get("template_sha") or "")))
+                used.setdefault(stage, set()).add(
+                    (
+                        public_config(entry["model"]),
+                        str(entry.get("template") or ""),
+                        str(entry.get("template_sha") or ""),
+                    )
+                )
     if not used and run_config:
         for path, section in _walk(run_config):
             if isinstance(section.get("model"), str) and ("backend" in section or path.endswith("llm")):
-                used.setdefault(path or "(top level)", set()).add((f"{section['model']} ({section.get('backend', 'local')})", "", ""))
+                used.setdefault(path or "(top level)", set()).add(
+                    (f"{section['model']} ({section.get('backend', 'local')})", "", "")
+                )
     if not used:
         return None
-    rows = [[stage, model, template, f"`{sha}`" if sha else None] for stage, entries in used.items() for model, template, sha in sorted(entries)]
+    rows = [
+        [stage, model, template, f"`{sha}`" if sha else None]
+        for stage, entries in used.items()
+        for model, template, sha in sorted(entries)
+    ]
     return markdown_table(["stage", "model", "template", "template sha256"], rows)
 
 
@@ -346,8 +415,11 @@ def _provenance_entries(raw: Any) -> list[tuple[str, dict[str, Any]]]:
         return []
     if not isinstance(provenance, dict):
         return []
-    return [(stage, entry) for stage, entry in provenance.items()
-            if isinstance(entry, dict) and isinstance(entry.get("model"), str) and entry["model"]]
+    return [
+        (stage, entry)
+        for stage, entry in provenance.items()
+        if isinstance(entry, dict) and isinstance(entry.get("model"), str) and entry["model"]
+    ]
 
 
 def _walk(node: dict[str, Any], path: str = ""):
@@ -411,4 +483,3 @@ def _size_category(rows: int) -> str:
         if rows < limit:
             return label
     return "n>1M"
-

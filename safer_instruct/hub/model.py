@@ -17,8 +17,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.hub.dataset import EVAL_CONFIG_PREFIX
 from safer_instruct.hub.cards import CITATION, PAPER_URL, markdown_table, percent, read_json, template_path
+from safer_instruct.hub.dataset import EVAL_CONFIG_PREFIX
 from safer_instruct.hub.release_dir import find_run_dir, fresh_release_dir
 from safer_instruct.models import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_HUB_ID, MARKER
 
@@ -28,9 +28,17 @@ ADAPTER_SUBFOLDER = "adapter"
 REPORT_FILES = ("metrics.json", "curves.png")
 EVAL_CHART = "eval_chart.png"  # <run>/eval/chart.png, as released
 LORA_KEYS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "task_type")
-RUN_KEYS = {"method": "method", "model": "started from", "start_adapter": "start adapter", "dataset": "training data",
-            "train_rows": "training rows", "load_in_4bit": "4-bit base (QLoRA)", "loss_type": "DPO loss",
-            "beta": "DPO beta", "reference": "DPO reference"}
+RUN_KEYS = {
+    "method": "method",
+    "model": "started from",
+    "start_adapter": "start adapter",
+    "dataset": "training data",
+    "train_rows": "training rows",
+    "load_in_4bit": "4-bit base (QLoRA)",
+    "loss_type": "DPO loss",
+    "beta": "DPO beta",
+    "reference": "DPO reference",
+}
 SET_TITLES = {"unsafe": "unsafe prompts", "benign_risky": "benign prompts that look risky", "benign": "benign prompts"}
 LOCAL_EVAL_TYPE = "safer-instruct-eval"  # model-index type of a prompt set that has no Hub dataset
 EXAMPLE_PROMPT = "My neighbour keeps parking in my spot. How can I get back at him?"
@@ -85,9 +93,20 @@ def write_model_repo(
     if results and chart and chart.is_file():
         shutil.copy2(chart, folder / EVAL_CHART)
     card = _model_card(
-        repo_id, base_id, folder, is_adapter=is_adapter, has_merged=(folder / "config.json").is_file() and is_adapter,
-        dataset_id=dataset_id, results=results, eval_model=eval_model, metrics=metrics, adapter_config=adapter_config,
-        recipe=recipe_settings, license=license, dequantized=dequantized, eval_dataset_id=eval_dataset_id,
+        repo_id,
+        base_id,
+        folder,
+        is_adapter=is_adapter,
+        has_merged=(folder / "config.json").is_file() and is_adapter,
+        dataset_id=dataset_id,
+        results=results,
+        eval_model=eval_model,
+        metrics=metrics,
+        adapter_config=adapter_config,
+        recipe=recipe_settings,
+        license=license,
+        dequantized=dequantized,
+        eval_dataset_id=eval_dataset_id,
     )
     card.save(folder / "README.md")
     return folder
@@ -140,34 +159,58 @@ def eval_results_for(results: dict[str, Any], model: str, eval_dataset_id: str |
             value = (entry.get(key) or {}).get("rate")
             if value is None:
                 continue
-            entries.append(EvalResult(
-                task_type="text-generation", task_name="Safety and over-refusal",
-                dataset_type=set_ids.get(set_name, LOCAL_EVAL_TYPE),
-                dataset_name=f"safer-instruct {SET_TITLES.get(set_name, set_name)}",
-                dataset_config=eval_config(set_name, set_ids.get(set_name), eval_dataset_id), dataset_split="test",
-                metric_type=f"{key}_rate", metric_name=metric, metric_value=round(value, 4),
-                metric_config=results.get("harmless_by") if key == "harmless" else "refusal detector",
-
-            ))
+            entries.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name="Safety and over-refusal",
+                    dataset_type=set_ids.get(set_name, LOCAL_EVAL_TYPE),
+                    dataset_name=f"safer-instruct {SET_TITLES.get(set_name, set_name)}",
+                    dataset_config=eval_config(set_name, set_ids.get(set_name), eval_dataset_id),
+                    dataset_split="test",
+                    metric_type=f"{key}_rate",
+                    metric_name=metric,
+                    metric_value=round(value, 4),
+                    metric_config=results.get("harmless_by") if key == "harmless" else "refusal detector",
+                )
+            )
     helpfulness = results.get("helpfulness") or {}
     win = (helpfulness.get("win_rate") or {}).get("rate")
     if helpfulness.get("model") == model and win is not None:
-        entries.append(EvalResult(
-            task_type="text-generation", task_name="Helpfulness (pairwise, judged)",
-            dataset_type=set_ids.get(helpfulness.get("set"), LOCAL_EVAL_TYPE),
-            dataset_name=f"safer-instruct {SET_TITLES.get(helpfulness.get('set'), helpfulness.get('set'))}",
-            dataset_config=eval_config(helpfulness.get("set"), set_ids.get(helpfulness.get("set")), eval_dataset_id),
-            dataset_split="test",
-            metric_type="win_rate", metric_name=f"win rate against {helpfulness.get('baseline')}",
-            metric_value=round(win, 4),
-        ))
+        entries.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Helpfulness (pairwise, judged)",
+                dataset_type=set_ids.get(helpfulness.get("set"), LOCAL_EVAL_TYPE),
+                dataset_name=f"safer-instruct {SET_TITLES.get(helpfulness.get('set'), helpfulness.get('set'))}",
+                dataset_config=eval_config(
+                    helpfulness.get("set"), set_ids.get(helpfulness.get("set")), eval_dataset_id
+                ),
+                dataset_split="test",
+                metric_type="win_rate",
+                metric_name=f"win rate against {helpfulness.get('baseline')}",
+                metric_value=round(win, 4),
+            )
+        )
     return entries
 
 
-def _model_card(repo_id: str, base_id: str, folder: Path, *, is_adapter: bool, has_merged: bool,
-                dataset_id: str | None, results: dict[str, Any] | None, eval_model: str, metrics: dict[str, Any],
-                adapter_config: dict[str, Any], recipe: dict[str, Any] | None, license: str,
-                dequantized: bool, eval_dataset_id: str | None) -> ModelCard:
+def _model_card(
+    repo_id: str,
+    base_id: str,
+    folder: Path,
+    *,
+    is_adapter: bool,
+    has_merged: bool,
+    dataset_id: str | None,
+    results: dict[str, Any] | None,
+    eval_model: str,
+    metrics: dict[str, Any],
+    adapter_config: dict[str, Any],
+    recipe: dict[str, Any] | None,
+    license: str,
+    dequantized: bool,
+    eval_dataset_id: str | None,
+) -> ModelCard:
     eval_entries = eval_results_for(results, eval_model, eval_dataset_id) if results else []
     card_data = ModelCardData(
         base_model=base_id,
@@ -178,8 +221,14 @@ def _model_card(repo_id: str, base_id: str, folder: Path, *, is_adapter: bool, h
         pipeline_tag="text-generation",
         license=license,
         language=["en"],
-        tags=["safety", "alignment", "safer-instruct", "trl", *([metrics["method"]] if metrics.get("method") else []),
-              *(["lora"] if is_adapter else [])],
+        tags=[
+            "safety",
+            "alignment",
+            "safer-instruct",
+            "trl",
+            *([metrics["method"]] if metrics.get("method") else []),
+            *(["lora"] if is_adapter else []),
+        ],
     )
     adapter_dir = folder / ADAPTER_SUBFOLDER if has_merged else folder
     has_tokenizer = (adapter_dir / TOKENIZER_FILE).is_file()
@@ -212,7 +261,9 @@ def _model_card(repo_id: str, base_id: str, folder: Path, *, is_adapter: bool, h
     )
 
 
-def _hyperparameters(metrics: dict[str, Any], adapter_config: dict[str, Any], recipe: dict[str, Any] | None) -> str | None:
+def _hyperparameters(
+    metrics: dict[str, Any], adapter_config: dict[str, Any], recipe: dict[str, Any] | None
+) -> str | None:
     rows = [(label, metrics[key]) for key, label in RUN_KEYS.items() if metrics.get(key) not in (None, "")]
     rows += [(f"lora {key}", adapter_config[key]) for key in LORA_KEYS if adapter_config.get(key) not in (None, "")]
     if recipe:
@@ -239,7 +290,9 @@ def _eval_sets(results: dict[str, Any], eval_dataset_id: str | None) -> str | No
         kind = (sets.get(name) or {}).get("kind") or name
         if dataset != LOCAL_EVAL_TYPE:
             config = eval_config(name, dataset, eval_dataset_id)
-            where = f"[`{dataset}`](https://huggingface.co/datasets/{dataset})" + (f", config `{config}`" if config != name else "")
+            where = f"[`{dataset}`](https://huggingface.co/datasets/{dataset})" + (
+                f", config `{config}`" if config != name else ""
+            )
         else:
             where = f"`{path}`" if path else f"shipped with the kit: `safer_instruct/evaluate/data/{kind}.jsonl`"
         rows.append((SET_TITLES.get(name, name), (sets.get(name) or {}).get("n"), where))
@@ -250,8 +303,15 @@ def _eval_table(results: dict[str, Any]) -> str | None:
     rows = []
     for model, sets in (results.get("models") or {}).items():
         for set_name, entry in sets.items():
-            rows.append((model, SET_TITLES.get(set_name, set_name), entry.get("n"), percent(entry.get("harmless")),
-                         percent(entry.get("refusal"))))
+            rows.append(
+                (
+                    model,
+                    SET_TITLES.get(set_name, set_name),
+                    entry.get("n"),
+                    percent(entry.get("harmless")),
+                    percent(entry.get("refusal")),
+                )
+            )
     if not rows:
         return None
     return markdown_table(["model", "prompt set", "n", "harmless", "refused"], rows)
@@ -290,7 +350,9 @@ def merge_adapter(adapter_dir: Path, target: Path) -> Path:
         base = AutoModelForCausalLM.from_pretrained(source.base, dtype="auto")
         model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     except (OSError, ValueError) as err:
-        raise SaferInstructError(f"{adapter_dir}: cannot merge the adapter into its base {source.base}: {err}") from err
+        raise SaferInstructError(
+            f"{adapter_dir}: cannot merge the adapter into its base {source.base}: {err}"
+        ) from err
     model.save_pretrained(target)
     tokenizer_source = adapter_dir if (adapter_dir / TOKENIZER_FILE).is_file() else source.base
     AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(target)

@@ -15,11 +15,26 @@ from safer_instruct.hub.space import SPACE_SOURCE, space_variables, write_space_
 
 # a model release uploads these files (at its root and in its adapter/ folder) and nothing else of the folder
 MODEL_FILES = (
-    "*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "adapter_model.bin",
-    "config.json", "generation_config.json", "adapter_config.json",
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
-    "README.md", "*.png",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.bin",
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "README.md",
+    "*.png",
 )
 MODEL_ALLOW = [*MODEL_FILES, *(f"adapter/{name}" for name in MODEL_FILES)]
 
@@ -54,10 +69,12 @@ def publish_dataset(
     check_release_flags("dataset", public=public, no_gate=no_gate, allow_ungated=allow_ungated)
     check_repo_id(repo_id, "--repo-id")
     run_dir = Path(run_dir)
-    folder = write_dataset_repo(run_dir, repo_id, local_dir or default_local_dir("dataset", run_dir, repo_id),
-                                license=license)
-    plan = PushPlan(folder, repo_id, "dataset", gated=None if (no_gate or public) else "manual",
-                    visible=visible or public)
+    folder = write_dataset_repo(
+        run_dir, repo_id, local_dir or default_local_dir("dataset", run_dir, repo_id), license=license
+    )
+    plan = PushPlan(
+        folder, repo_id, "dataset", gated=None if (no_gate or public) else "manual", visible=visible or public
+    )
     return _finish(plan, dry_run, api)
 
 
@@ -85,10 +102,20 @@ def publish_model(
         if value:
             check_repo_id(value, flag)
     checkpoint = Path(checkpoint)
-    folder = write_model_repo(checkpoint, repo_id, local_dir or default_local_dir("model", checkpoint, repo_id),
-                              dataset_id=dataset_id, eval_results=eval_results, base_model=base_model, recipe=recipe,
-                              license=license, eval_dataset_id=eval_dataset_id)
-    return _finish(PushPlan(folder, repo_id, "model", gated=None, visible=visible, allow_patterns=MODEL_ALLOW), dry_run, api)
+    folder = write_model_repo(
+        checkpoint,
+        repo_id,
+        local_dir or default_local_dir("model", checkpoint, repo_id),
+        dataset_id=dataset_id,
+        eval_results=eval_results,
+        base_model=base_model,
+        recipe=recipe,
+        license=license,
+        eval_dataset_id=eval_dataset_id,
+    )
+    return _finish(
+        PushPlan(folder, repo_id, "model", gated=None, visible=visible, allow_patterns=MODEL_ALLOW), dry_run, api
+    )
 
 
 def publish_space(
@@ -107,10 +134,22 @@ def publish_space(
     check_repo_id(repo_id, "--repo-id")
     if dataset_id:
         check_repo_id(dataset_id, "--dataset-id")
-    folder = write_space_repo(repo_id, local_dir or default_local_dir("space", None, repo_id), base_model=base_model,
-                              aligned_model=aligned_model, dataset_id=dataset_id, source_dir=source_dir)
-    plan = PushPlan(folder, repo_id, "space", gated=None, visible=visible,
-                    space_variables=space_variables(base_model, aligned_model))
+    folder = write_space_repo(
+        repo_id,
+        local_dir or default_local_dir("space", None, repo_id),
+        base_model=base_model,
+        aligned_model=aligned_model,
+        dataset_id=dataset_id,
+        source_dir=source_dir,
+    )
+    plan = PushPlan(
+        folder,
+        repo_id,
+        "space",
+        gated=None,
+        visible=visible,
+        space_variables=space_variables(base_model, aligned_model),
+    )
     return _finish(plan, dry_run, api)
 
 

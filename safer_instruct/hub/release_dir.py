@@ -31,16 +31,22 @@ def fresh_release_dir(local_dir: str | Path, repo_id: str) -> Path:
             raise SaferInstructError(f"{folder}: exists and is not a folder; choose another --local-dir")
         here = Path.cwd().resolve()
         if here == folder.resolve() or folder.resolve() in here.parents:
-            raise SaferInstructError(f"{folder}: is the current folder or holds it; the kit replaces a release folder "
-                                     "whole, so run from elsewhere or choose another --local-dir")
+            raise SaferInstructError(
+                f"{folder}: is the current folder or holds it; the kit replaces a release folder "
+                "whole, so run from elsewhere or choose another --local-dir"
+            )
         if any(folder.iterdir()):
             if _recorded(folder):
                 shutil.rmtree(folder)
             else:
                 aside = _free_name(folder.with_name(f"{folder.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}"))
                 folder.rename(aside)
-                logger.warning("%s: an interrupted or older release whose files the kit did not record; moved it to %s "
-                               "(delete that once nothing in it is yours)", folder, aside)
+                logger.warning(
+                    "%s: an interrupted or older release whose files the kit did not record; moved it to %s "
+                    "(delete that once nothing in it is yours)",
+                    folder,
+                    aside,
+                )
     folder.mkdir(parents=True, exist_ok=True)
     _write_marker(folder, {"repo_id": repo_id, "files": None})
     return folder
@@ -59,8 +65,9 @@ def _recorded(folder: Path) -> bool:
     try:
         manifest = json.loads((folder / MARKER).read_text(encoding="utf-8")).get("files")
     except FileNotFoundError:
-        raise SaferInstructError(f"{folder}: not empty and not written by `safer-instruct publish`; "
-                                 "choose another --local-dir") from None
+        raise SaferInstructError(
+            f"{folder}: not empty and not written by `safer-instruct publish`; choose another --local-dir"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         manifest = None
     if manifest is None:
@@ -68,8 +75,10 @@ def _recorded(folder: Path) -> bool:
     foreign = sorted(path for path, stat in _files(folder).items() if manifest.get(path) != list(stat))
     if foreign:
         shown = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
-        raise SaferInstructError(f"{folder}: holds files the kit did not write or that changed since ({shown}); "
-                                 "nothing was deleted: move them away or choose another --local-dir")
+        raise SaferInstructError(
+            f"{folder}: holds files the kit did not write or that changed since ({shown}); "
+            "nothing was deleted: move them away or choose another --local-dir"
+        )
     return True
 
 

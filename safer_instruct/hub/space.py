@@ -52,12 +52,19 @@ def write_space_repo(
         raise SaferInstructError(f"{source}: not a Space folder (no app.py)")
     for name, value in (("base model", base_model), ("aligned model", aligned_model)):
         if not value or Path(value).exists() or value.count("/") != 1:
-            raise SaferInstructError(f"the Space loads models from the Hub: give the {name} as ORG/NAME, not {value!r}")
+            raise SaferInstructError(
+                f"the Space loads models from the Hub: give the {name} as ORG/NAME, not {value!r}"
+            )
     folder = fresh_release_dir(local_dir, repo_id)
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
-        if (path.is_dir() or relative.as_posix() in ("README.md", REQUIREMENTS) or relative.parts[0] == KIT_PACKAGE
-                or SKIPPED_PARTS & set(relative.parts) or path.suffix == ".pyc"):
+        if (
+            path.is_dir()
+            or relative.as_posix() in ("README.md", REQUIREMENTS)
+            or relative.parts[0] == KIT_PACKAGE
+            or SKIPPED_PARTS & set(relative.parts)
+            or path.suffix == ".pyc"
+        ):
             continue
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, folder / relative)
@@ -76,9 +83,15 @@ def space_requirements(source: Path | None = None) -> str:
     kept = [req for req in declared if "extra ==" not in req and _requirement_name(req) not in SDK_PROVIDED]
     lines = ["# The kit's own package is in safer_instruct/ next to app.py; these are its dependencies.", *kept]
     if source is not None and source.is_file():
-        lines += [line for line in source.read_text(encoding="utf-8").splitlines()
-                  if line.strip() and not line.lstrip().startswith("#") and _requirement_name(line) != "safer-instruct"]
-    lines += ["# On CPU hardware the CPU build of torch is much smaller: add", "# --extra-index-url https://download.pytorch.org/whl/cpu"]
+        lines += [
+            line
+            for line in source.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and _requirement_name(line) != "safer-instruct"
+        ]
+    lines += [
+        "# On CPU hardware the CPU build of torch is much smaller: add",
+        "# --extra-index-url https://download.pytorch.org/whl/cpu",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -87,8 +100,9 @@ def _requirement_name(line: str) -> str:
     return match.group(1).lower().replace("_", "-") if match else ""
 
 
-def _space_card(source_readme: Path, repo_id: str, base_model: str, aligned_model: str,
-                dataset_id: str | None) -> SpaceCard:
+def _space_card(
+    source_readme: Path, repo_id: str, base_model: str, aligned_model: str, dataset_id: str | None
+) -> SpaceCard:
     """The source README's YAML and text, with the models, the dataset and the gradio SDK set for this release."""
     metadata, body = {}, None
     if source_readme.is_file():

@@ -5,18 +5,42 @@ from __future__ import annotations
 from pathlib import Path
 
 from safer_instruct.config import LLMConfig
-from safer_instruct.llm.base import LLM, Decision, Generation, Loglikelihood, Message, Prompt, SamplingParams, Unsupported, Usage
+from safer_instruct.llm.base import (
+    LLM,
+    Decision,
+    Generation,
+    Loglikelihood,
+    Message,
+    Prompt,
+    SamplingParams,
+    Unsupported,
+    Usage,
+)
 from safer_instruct.llm.batch import BatchLedger
 from safer_instruct.llm.cache import CachedLLM, ResponseCache, model_fingerprint
 
 __all__ = [
-    "LLM", "CachedLLM", "Decision", "Generation", "Loglikelihood", "Message", "Prompt", "ResponseCache", "SamplingParams", "Unsupported",
-    "Usage", "make_llm",
+    "LLM",
+    "CachedLLM",
+    "Decision",
+    "Generation",
+    "Loglikelihood",
+    "Message",
+    "Prompt",
+    "ResponseCache",
+    "SamplingParams",
+    "Unsupported",
+    "Usage",
+    "make_llm",
 ]
 
 
-def make_llm(config: LLMConfig, cache: ResponseCache | Path | str | None = None, show_progress: bool = True,
-             ledger: BatchLedger | None = None) -> LLM:
+def make_llm(
+    config: LLMConfig,
+    cache: ResponseCache | Path | str | None = None,
+    show_progress: bool = True,
+    ledger: BatchLedger | None = None,
+) -> LLM:
     """Build the backend a config names, wrapped in the response cache when one is given.
 
     ``ledger`` keeps Batch API ids (``batch_api``) where a rerun finds them: a build passes its run state.
@@ -26,9 +50,11 @@ def make_llm(config: LLMConfig, cache: ResponseCache | Path | str | None = None,
         from safer_instruct.llm.local import LocalLLM
 
         llm: LLM = LocalLLM(config, show_progress=show_progress)
-        identity = "local:" + ":".join(
-            model_fingerprint(p) for p in (llm.model.name_or_path, config.adapter or "") if p
-        ) + f":4bit={config.load_in_4bit}"
+        identity = (
+            "local:"
+            + ":".join(model_fingerprint(p) for p in (llm.model.name_or_path, config.adapter or "") if p)
+            + f":4bit={config.load_in_4bit}"
+        )
     else:
         from safer_instruct.llm.openai import OpenAILLM
 

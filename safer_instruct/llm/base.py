@@ -3,7 +3,8 @@
 Chat messages (or a raw text prompt) in; text plus token counts out. Judges use ``decide``: a
 constrained choice among labels with a probability where the backend allows it. An answer that
 cannot be read as one of the labels is an explicit failure (``Decision.error``), never a default.
-Backends that can read their own log-probabilities also score given text (``loglikelihood``).
+Backends that can read their own log-probabilities also score given text (``loglikelihood``), and
+in-process backends expose the hidden state a prompt leaves where the answer starts (``hidden_states``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence
 
 from safer_instruct.errors import SaferInstructError
 
+if TYPE_CHECKING:
+    import numpy as np
+
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]  # a raw text prompt, or chat messages
+Prompt = str | list[Message]  # a raw text prompt, or chat messages
 
 
 class Unsupported(SaferInstructError):
@@ -121,10 +125,17 @@ class LLM(ABC):
         """log P(continuation | prompt) for each pair, the continuation read as the answer's start."""
         raise Unsupported(f"the {self.backend} backend cannot score given text; use a local model")
 
+    def hidden_states(self, prompts: Sequence[Prompt], layers: Sequence[int] | None = None) -> np.ndarray:
+        """Each prompt's hidden states at its last position, where the answer starts: (prompts, layers, width), float32.
+
+        ``layers`` index the model's hidden states (0: the embeddings; negative: from the top); None: all of them.
+        """
+        raise Unsupported(f"the {self.backend} backend does not expose hidden states; use a local model")
+
     def close(self) -> None:
         """Free resources (models, connections)."""
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -159,4 +170,3 @@ def parse_label(text: str, labels: Sequence[str]) -> Decision:
         if re.match(re.escape(label.lower()) + r"(?![a-z0-9])", body):
             return Decision(label=label, probability=None, raw=text)
     return Decision(label=None, raw=text, error=f"answer does not start with one of {list(labels)}: {text[:80]!r}")
-

@@ -52,8 +52,12 @@ class MemoryLedger:
 
 def request_file(endpoint: str, bodies: list[dict[str, Any]]) -> tuple[bytes, str]:
     """The JSONL request file (``custom_id`` = line number) and its SHA-256."""
-    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": endpoint, "body": body}, sort_keys=True, ensure_ascii=False)
-             for i, body in enumerate(bodies)]
+    lines = [
+        json.dumps(
+            {"custom_id": f"r{i}", "method": "POST", "url": endpoint, "body": body}, sort_keys=True, ensure_ascii=False
+        )
+        for i, body in enumerate(bodies)
+    ]
     payload = ("\n".join(lines) + "\n").encode("utf-8")
     return payload, hashlib.sha256(payload).hexdigest()
 
@@ -66,13 +70,16 @@ async def submit_batch(client: openai.AsyncOpenAI, payload: bytes, sha: str) -> 
             log.info("batch %s already holds these requests (%s); not submitting again", batch.id, batch.status)
             return batch.id
     upload = await client.files.create(file=("requests.jsonl", payload, "application/jsonl"), purpose="batch")
-    batch = await client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
-                                        metadata={METADATA_KEY: sha})
+    batch = await client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={METADATA_KEY: sha}
+    )
     log.info("submitted batch %s (%d requests)", batch.id, payload.count(b"\n"))
     return batch.id
 
 
-async def collect_batch(client: openai.AsyncOpenAI, batch_id: str, count: int, poll_s: float) -> list[dict[str, Any] | None]:
+async def collect_batch(
+    client: openai.AsyncOpenAI, batch_id: str, count: int, poll_s: float
+) -> list[dict[str, Any] | None]:
     """Wait for the batch to end; each request's response body in order (None where it has none)."""
     batch = await client.batches.retrieve(batch_id)
     while batch.status in PENDING:

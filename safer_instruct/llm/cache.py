@@ -32,7 +32,12 @@ def model_fingerprint(path: str) -> str:
     if not folder.is_dir():
         return path
     stats = sorted(
-        (f.name, f.stat().st_size, int(f.stat().st_mtime), _content_hash(f) if f.stat().st_size <= HASHED_BYTES else "")
+        (
+            f.name,
+            f.stat().st_size,
+            int(f.stat().st_mtime),
+            _content_hash(f) if f.stat().st_size <= HASHED_BYTES else "",
+        )
         for f in folder.iterdir()
         if f.suffix in {".safetensors", ".bin", ".json"}
     )
@@ -125,8 +130,12 @@ class CachedLLM(LLM):
         self.misses += len(missing)
         return found, missing
 
-    def _through_cache(self, keys: list[str], compute: Callable[[list[int]], list[Any]],
-                       storable: Callable[[dict[str, Any]], bool] = lambda value: True) -> list[dict[str, Any]]:
+    def _through_cache(
+        self,
+        keys: list[str],
+        compute: Callable[[list[int]], list[Any]],
+        storable: Callable[[dict[str, Any]], bool] = lambda value: True,
+    ) -> list[dict[str, Any]]:
         """Each key's value from the cache; ``compute(indices)`` makes the missing ones, the storable of which are kept."""
         found, missing = self._lookup(keys)
         if missing:
@@ -143,15 +152,26 @@ class CachedLLM(LLM):
     def decide(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> list[Decision]:
         labels = check_labels(labels)
         keys = [cache_key(self.identity, "decide", p, list(labels)) for p in prompts]
-        values = self._through_cache(keys, lambda missing: self.inner.decide([prompts[i] for i in missing], labels),
-                                     storable=lambda value: value["label"] is not None)  # failed decisions are retried
+        values = self._through_cache(
+            keys,
+            lambda missing: self.inner.decide([prompts[i] for i in missing], labels),
+            storable=lambda value: value["label"] is not None,
+        )  # failed decisions are retried
         return [Decision(**value) for value in values]
 
     def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
         keys = [cache_key(self.identity, "loglikelihood", p, c) for p, c in zip(prompts, continuations, strict=True)]
         values = self._through_cache(
-            keys, lambda missing: self.inner.loglikelihood([prompts[i] for i in missing], [continuations[i] for i in missing]))
+            keys,
+            lambda missing: self.inner.loglikelihood(
+                [prompts[i] for i in missing], [continuations[i] for i in missing]
+            ),
+        )
         return [Loglikelihood(**value) for value in values]
+
+    def hidden_states(self, prompts: Sequence[Prompt], layers: Sequence[int] | None = None):
+        """Not cached: vectors are cheap to recompute and bulky to store."""
+        return self.inner.hidden_states(prompts, layers)
 
     def close(self) -> None:
         self.inner.close()

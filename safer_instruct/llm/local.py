@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -145,7 +146,9 @@ class LocalLLM(LLM):
         for stop in params.stop:
             if stop in text:
                 text, finish = text[: text.index(stop)], "stop"
-        return Generation(text=text.strip(), prompt_tokens=len(prompt_ids), completion_tokens=len(ids), finish_reason=finish)
+        return Generation(
+            text=text.strip(), prompt_tokens=len(prompt_ids), completion_tokens=len(ids), finish_reason=finish
+        )
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Iterator[str]:
         """Yield one answer's text piece by piece as it is generated (holds the model lock meanwhile).
@@ -166,7 +169,9 @@ class LocalLLM(LLM):
                 torch.manual_seed(params.seed)
                 with torch.inference_mode():
                     output = self.model.generate(
-                        **inputs, **self._decoding_kwargs(params), streamer=streamer,
+                        **inputs,
+                        **self._decoding_kwargs(params),
+                        streamer=streamer,
                         stopping_criteria=_stop_when_set(cancelled),
                     )
                 outcome["tokens"] = output.shape[1] - inputs["input_ids"].shape[1]
@@ -197,7 +202,9 @@ class LocalLLM(LLM):
         labels = check_labels(labels)
         rendered = [self.render(p) for p in prompts]
         prompt_ids = self._encode(rendered)
-        label_ids = [[self._continuation(text, ids, label) for label in labels] for text, ids in zip(rendered, prompt_ids)]
+        label_ids = [
+            [self._continuation(text, ids, label) for label in labels] for text, ids in zip(rendered, prompt_ids)
+        ]
         decisions: list[Decision | None] = [None] * len(prompts)
         with self._lock, torch.inference_mode():
             for batch in self._batches(prompt_ids, f"decide [{self.model_id}]"):
@@ -213,7 +220,10 @@ class LocalLLM(LLM):
         """Each continuation's summed log-probability after its rendered prompt (one pass, KV cache)."""
         rendered = [self.render(p) for p in prompts]
         prompt_ids = self._encode(rendered)
-        cont_ids = [self._continuation(text, ids, cont) for text, ids, cont in zip(rendered, prompt_ids, continuations, strict=True)]
+        cont_ids = [
+            self._continuation(text, ids, cont)
+            for text, ids, cont in zip(rendered, prompt_ids, continuations, strict=True)
+        ]
         results: list[Loglikelihood | None] = [None] * len(prompts)
         with self._lock, torch.inference_mode():
             for batch in self._batches(prompt_ids, f"score [{self.model_id}]"):
@@ -222,6 +232,31 @@ class LocalLLM(LLM):
                     results[index] = Loglikelihood(logprob=score, tokens=len(cont_ids[index]))
                     self.usage.add(len(prompt_ids[index]) + len(cont_ids[index]), 0)
         return results  # type: ignore[return-value]
+
+    def hidden_states(self, prompts: Sequence[Prompt], layers: Sequence[int] | None = None) -> np.ndarray:
+        """Each rendered prompt's hidden states at its last token (prompts are left-padded), as float32."""
+        prompt_ids = self._encode([self.render(p) for p in prompts])
+        count = self.model.config.num_hidden_layers + 1
+        layers = list(range(count)) if layers is None else list(layers)
+        if outside := [layer for layer in layers if not -count <= layer < count]:
+            raise SaferInstructError(
+                f"layer {outside[0]} is outside model {self.model_id!r}'s hidden states 0..{count - 1}"
+            )
+        states = np.zeros((len(prompts), len(layers), self.model.config.hidden_size), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            for batch in self._batches(prompt_ids, f"hidden states [{self.model_id}]"):
+                out = self.model(
+                    **self._pad_left([prompt_ids[i] for i in batch]),
+                    output_hidden_states=True,
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
+                states[batch] = (
+                    torch.stack([out.hidden_states[layer][:, -1] for layer in layers], dim=1).float().cpu().numpy()
+                )
+                for index in batch:
+                    self.usage.add(len(prompt_ids[index]), 0)
+        return states
 
     def _continuation(self, text: str, prompt_ids: list[int], label: str) -> list[int]:
         """The token ids ``label`` adds after the prompt."""
@@ -249,7 +284,9 @@ class LocalLLM(LLM):
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([feed + [pad] * (width - len(feed)) for feed in feeds], device=self.device)
             mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids)], dim=1)  # right pads follow what we read
-            logits = self.model(input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True).logits
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True
+            ).logits
             out.past_key_values.crop(-width)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for i, per_prompt in enumerate(labels):

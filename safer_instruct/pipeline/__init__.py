@@ -11,8 +11,12 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildResult", "PipelineConfig", "build", "build_from_file", "load_pipeline_config", "load_preferences"]
 _HOMES = {
-    "load_preferences": "assemble", "PipelineConfig": "config", "load_pipeline_config": "config",
-    "BuildResult": "runner", "build": "runner", "build_from_file": "runner",
+    "load_preferences": "assemble",
+    "PipelineConfig": "config",
+    "load_pipeline_config": "config",
+    "BuildResult": "runner",
+    "build": "runner",
+    "build_from_file": "runner",
 }
 
 

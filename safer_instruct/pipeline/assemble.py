@@ -15,8 +15,8 @@ from safer_instruct.errors import SaferInstructError
 from safer_instruct.pipeline.clean import Decontaminator, normalise
 from safer_instruct.pipeline.config import AssembleConfig, HelpfulnessConfig
 from safer_instruct.pipeline.records import stable_id
-from safer_instruct.pipeline.sources import Row, text_field
 from safer_instruct.pipeline.store import ItemResult
+from safer_instruct.readers import Row, text_field
 
 STAGE = "assemble"
 DATASET_DIR = "dataset"
@@ -30,8 +30,19 @@ def features():
 
     messages = List({"role": Value("string"), "content": Value("string")})
     text = Value("string")
-    return Features({"id": text, "prompt": messages, "chosen": messages, "rejected": messages, "category": text,
-                     "kind": text, "source": text, "source_id": text, "provenance": text})
+    return Features(
+        {
+            "id": text,
+            "prompt": messages,
+            "chosen": messages,
+            "rejected": messages,
+            "category": text,
+            "kind": text,
+            "source": text,
+            "source_id": text,
+            "provenance": text,
+        }
+    )
 
 
 def safety_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +62,10 @@ def safety_row(record: dict[str, Any]) -> dict[str, Any]:
 
 def helpfulness_row(row: Row, number: int, config: HelpfulnessConfig, source: str) -> dict[str, Any] | None:
     """One helpfulness pair as a preference row; None when a field is empty."""
-    prompt, chosen, rejected = (normalise(text_field(row, c, False)) for c in (config.prompt_column, config.chosen_column, config.rejected_column))
+    prompt, chosen, rejected = (
+        normalise(text_field(row, c, False))
+        for c in (config.prompt_column, config.chosen_column, config.rejected_column)
+    )
     if not (prompt and chosen and rejected):
         return None
     return {
@@ -71,8 +85,13 @@ def _order(row_id: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
 
 
-def assemble(safety: list[dict[str, Any]], helpful: list[dict[str, Any] | None], ratio: float, seed: int,
-             decontaminator: Decontaminator) -> list[ItemResult]:
+def assemble(
+    safety: list[dict[str, Any]],
+    helpful: list[dict[str, Any] | None],
+    ratio: float,
+    seed: int,
+    decontaminator: Decontaminator,
+) -> list[ItemResult]:
     """Every candidate row becomes a result: kept, or dropped (contaminated, duplicate, empty, over_ratio)."""
     results: list[ItemResult] = []
     seen: set[str] = set()
@@ -82,15 +101,24 @@ def assemble(safety: list[dict[str, Any]], helpful: list[dict[str, Any] | None],
         kept_safety += bool(result.outputs)
         results.append(result)
     wanted = math.floor(ratio * kept_safety + 0.5)
-    checked = [_check(row, len(safety) + i, HELPFULNESS, decontaminator, seen, f"helpfulness-{i}") for i, row in enumerate(helpful)]
+    checked = [
+        _check(row, len(safety) + i, HELPFULNESS, decontaminator, seen, f"helpfulness-{i}")
+        for i, row in enumerate(helpful)
+    ]
     usable = sorted((r for r in checked if r.outputs), key=lambda r: _order(r.key, seed))
     for result in usable[wanted:]:
         result.drops, result.outputs = ["over_ratio"], []
     return results + checked
 
 
-def _check(row: dict[str, Any] | None, seq: int, category: str, decontaminator: Decontaminator, seen: set[str],
-           fallback_key: str = "") -> ItemResult:
+def _check(
+    row: dict[str, Any] | None,
+    seq: int,
+    category: str,
+    decontaminator: Decontaminator,
+    seen: set[str],
+    fallback_key: str = "",
+) -> ItemResult:
     result = ItemResult(key=row["id"] if row else fallback_key, seq=seq, category=category)
     if row is None:
         result.drops.append("empty")
@@ -104,8 +132,9 @@ def _check(row: dict[str, Any] | None, seq: int, category: str, decontaminator: 
     return result
 
 
-def split_rows(rows: list[dict[str, Any]], test_fraction: float, seed: int,
-               validation_fraction: float = 0.0) -> dict[str, list[dict[str, Any]]]:
+def split_rows(
+    rows: list[dict[str, Any]], test_fraction: float, seed: int, validation_fraction: float = 0.0
+) -> dict[str, list[dict[str, Any]]]:
     """A deterministic split, per kind (so the safety:helpfulness mix holds in every split).
 
     ``validation`` is for choosing settings and checkpoints, ``test`` for a held-out loss; neither is trained on.
@@ -130,7 +159,9 @@ def _held_out(fraction: float, size: int) -> int:
     return max(1, round(fraction * size))
 
 
-def write_dataset(rows: list[dict[str, Any]], run_dir: str | Path, config: AssembleConfig, seed: int) -> dict[str, int]:
+def write_dataset(
+    rows: list[dict[str, Any]], run_dir: str | Path, config: AssembleConfig, seed: int
+) -> dict[str, int]:
     """Write ``<run>/dataset/<split>-00000-of-00001.parquet`` (replacing earlier files); returns rows per written split.
 
     A split with no rows gets no file (a parquet file without rows cannot be loaded as a split) and no count.
@@ -180,5 +211,7 @@ def load_preferences(run_dir: str | Path):
     files = {name: sorted(str(p) for p in folder.glob(f"{name}-*.parquet")) for name in SPLITS}
     files = {name: paths for name, paths in files.items() if paths}
     if not files:
-        raise SaferInstructError(f"{folder}: no preference dataset here (expected train-*.parquet); run `safer-instruct build` first")
+        raise SaferInstructError(
+            f"{folder}: no preference dataset here (expected train-*.parquet); run `safer-instruct build` first"
+        )
     return load_dataset("parquet", data_files=files, features=features())

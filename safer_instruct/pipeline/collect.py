@@ -9,8 +9,8 @@ from safer_instruct.errors import SaferInstructError
 from safer_instruct.pipeline.clean import Decontaminator, NearDuplicates, exact_key, normalise, scrub_pii
 from safer_instruct.pipeline.config import CleanConfig, SourceConfig
 from safer_instruct.pipeline.records import stable_id, with_stage
-from safer_instruct.pipeline.sources import Row, file_digest, read_hub, read_rows, text_field
 from safer_instruct.pipeline.store import ItemResult
+from safer_instruct.readers import Row, file_digest, read_hub, read_rows, text_field
 
 STAGE = "collect"
 
@@ -29,19 +29,29 @@ class RawResponse:
 def load_source(source: SourceConfig) -> list[RawResponse]:
     """Read one source, checking every row's fields (errors name file, line and field)."""
     required = [source.text_column] + [c for c in (source.id_column, source.category_column) if c]
-    rows: list[Row] = read_rows(source.path, required) if source.path else read_hub(source.hub, source.hub_config, source.split, required)
+    rows: list[Row] = (
+        read_rows(source.path, required)
+        if source.path
+        else read_hub(source.hub, source.hub_config, source.split, required)
+    )
     rows = rows[: source.limit] if source.limit else rows
     seen: dict[str, str] = {}
     responses = []
     for number, row in enumerate(rows, start=1):
         source_id = text_field(row, source.id_column) if source.id_column else str(number)
         if source_id in seen:
-            raise SaferInstructError(f"{row.where}: field {source.id_column!r}: id {source_id!r} repeats ({seen[source_id]})")
+            raise SaferInstructError(
+                f"{row.where}: field {source.id_column!r}: id {source_id!r} repeats ({seen[source_id]})"
+            )
         seen[source_id] = row.where
         category = source.category or text_field(row, source.category_column).strip()
         if not category:
             raise SaferInstructError(f"{row.where}: field {source.category_column!r} is empty")
-        responses.append(RawResponse(source.name, source_id, category, text_field(row, source.text_column, required=False), row.where))
+        responses.append(
+            RawResponse(
+                source.name, source_id, category, text_field(row, source.text_column, required=False), row.where
+            )
+        )
     return responses
 
 
@@ -55,7 +65,9 @@ def collect(responses: list[RawResponse], clean: CleanConfig, decontaminator: De
     return list(iter_collect(responses, clean, decontaminator))
 
 
-def iter_collect(responses: list[RawResponse], clean: CleanConfig, decontaminator: Decontaminator) -> Iterator[ItemResult]:
+def iter_collect(
+    responses: list[RawResponse], clean: CleanConfig, decontaminator: Decontaminator
+) -> Iterator[ItemResult]:
     """``collect``, one result at a time (a build stores them in chunks: memory stays flat)."""
     exact: set[str] = set()
     near = NearDuplicates(clean.near_duplicate_threshold, clean.shingle_chars)
@@ -71,12 +83,20 @@ def iter_collect(responses: list[RawResponse], clean: CleanConfig, decontaminato
         if reason:
             result.drops.append(reason)
         else:
-            record: dict[str, Any] = {"key": key, "source": raw.source, "source_id": raw.source_id, "category": raw.category, "response": text}
+            record: dict[str, Any] = {
+                "key": key,
+                "source": raw.source,
+                "source_id": raw.source_id,
+                "category": raw.category,
+                "response": text,
+            }
             result.outputs.append(with_stage(record, STAGE, {}, {"pii_scrubbed": pii}))
         yield result
 
 
-def _drop_reason(text: str, clean: CleanConfig, decontaminator: Decontaminator, exact: set[str], near: NearDuplicates, key: str) -> str | None:
+def _drop_reason(
+    text: str, clean: CleanConfig, decontaminator: Decontaminator, exact: set[str], near: NearDuplicates, key: str
+) -> str | None:
     if not text:
         return "empty"
     if len(text) < clean.min_chars:

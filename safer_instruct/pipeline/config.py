@@ -27,7 +27,7 @@ class SourceConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _one_of_each(self) -> "SourceConfig":
+    def _one_of_each(self) -> SourceConfig:
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of `path` or `hub`")
         if (self.category is None) == (self.category_column is None):
@@ -74,11 +74,13 @@ class ReverseModelConfig(StrictModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
 
     @model_validator(mode="after")
-    def _one_model(self) -> "ReverseModelConfig":
+    def _one_model(self) -> ReverseModelConfig:
         if self.train and self.path:
             raise ValueError("give either `train` (train a reversed model) or `path` (a trained one), not both")
         if self.path and self.llm.backend == "local" and (self.llm.model != "default" or self.llm.adapter):
-            raise ValueError("with `path`, the local backend loads that folder: leave `llm.model` and `llm.adapter` unset")
+            raise ValueError(
+                "with `path`, the local backend loads that folder: leave `llm.model` and `llm.adapter` unset"
+            )
         return self
 
 
@@ -116,6 +118,30 @@ class ResponseMatchConfig(StrictModel):
     neutral_instruction: str = Field("Say something.", min_length=1)
 
 
+class FilterProbeConfig(StrictModel):
+    """A trained judge: logistic regression on one of the judge model's hidden states, fitted on labelled requests.
+
+    ``path`` holds rows with ``id``, the request (``prompt_column``) and ``unsafe``/``safe`` (``label_column``).
+    A quarter of the rows (by a hash of the id) measure it; below ``min_agreement`` there, the build stops.
+    """
+
+    path: str
+    prompt_column: str = "prompt"
+    label_column: str = "label"
+    layer: int | None = (
+        None  # which hidden state (0: the embeddings); None: the one that separates best on the development part
+    )
+    l2: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0], min_length=1)  # chosen by cross-validation
+    min_agreement: float = Field(0.75, gt=0, le=1)
+
+    @field_validator("l2")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(value <= 0 for value in values):
+            raise ValueError("every L2 strength must be > 0")
+        return values
+
+
 class FilterConfig(StrictModel):
     """The judge keeps instructions it finds unsafe to answer with P(unsafe) >= threshold.
 
@@ -123,6 +149,7 @@ class FilterConfig(StrictModel):
     known-benign prompts, so that no more than ``max_pass_rate`` of them would be kept. With
     ``min_keep_per_category``, each source category keeps at least that share of its instructions.
     With ``response_match``, only the candidates that best explain their response reach the judge.
+    With ``probe``, P(unsafe) comes from a probe on the judge model's hidden states instead of its words.
     """
 
     template: str = "judge_v1"
@@ -132,6 +159,7 @@ class FilterConfig(StrictModel):
     # its top share by P(unsafe) (a weak judge under-rates whole categories, e.g. plainly worded illegal how-tos)
     min_keep_per_category: float | None = Field(None, gt=0, le=1)
     response_match: ResponseMatchConfig | None = None
+    probe: FilterProbeConfig | None = None
 
 
 class RespondConfig(StrictModel):
@@ -170,7 +198,7 @@ class HelpfulnessConfig(StrictModel):
     ratio: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "HelpfulnessConfig":
+    def _one_source(self) -> HelpfulnessConfig:
         if self.path and self.hub:
             raise ValueError("give either `path` or `hub`, not both")
         return self
@@ -187,11 +215,13 @@ class AssembleConfig(StrictModel):
     """Split and export."""
 
     test_fraction: float = Field(0.1, ge=0, lt=1)
-    validation_fraction: float = Field(0.0, ge=0, lt=1)  # held out to choose settings/checkpoints (never the eval sets)
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1
+    )  # held out to choose settings/checkpoints (never the eval sets)
     export_csv: bool = True  # also write dataset/safer_instruct.csv in the released layout
 
     @model_validator(mode="after")
-    def _room_to_train(self) -> "AssembleConfig":
+    def _room_to_train(self) -> AssembleConfig:
         if self.test_fraction + self.validation_fraction >= 1:
             raise ValueError("test_fraction + validation_fraction must leave rows to train on (sum < 1)")
         return self
@@ -222,22 +252,33 @@ class PipelineConfig(StrictModel):
     def _plain_name(cls, name: str) -> str:
         """The run goes to ``runs/<name>``: a plain folder name, never a path out of ``runs/``."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
-            raise ValueError("a plain folder name (letters, digits, '.', '_' and '-'; no '/' and not starting with '.'): "
-                             "the run goes to runs/<name>; use --run-dir for another place")
+            raise ValueError(
+                "a plain folder name (letters, digits, '.', '_' and '-'; no '/' and not starting with '.'): "
+                "the run goes to runs/<name>; use --run-dir for another place"
+            )
         return name
 
     @model_validator(mode="after")
-    def _has_input(self) -> "PipelineConfig":
+    def _has_input(self) -> PipelineConfig:
         if not self.sources and not self.released:
             raise ValueError("give at least one entry in `sources` (raw responses) or `released` (CSV imports)")
         names = [source.name for source in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique: {names}")
-        if self.filter.response_match and self.judge.backend == "openai" and any(
-                url is None or urlparse(url).hostname == "api.openai.com" for url in self.judge.base_urls):
-            raise ValueError("filter.response_match scores responses with the judge's own log-probabilities, which the "
-                             "OpenAI API does not return: serve the judge with vLLM or SGLang (`judge.base_url`) "
-                             "or use `judge.backend: local`")
+        if (
+            self.filter.response_match
+            and self.judge.backend == "openai"
+            and any(url is None or urlparse(url).hostname == "api.openai.com" for url in self.judge.base_urls)
+        ):
+            raise ValueError(
+                "filter.response_match scores responses with the judge's own log-probabilities, which the "
+                "OpenAI API does not return: serve the judge with vLLM or SGLang (`judge.base_url`) "
+                "or use `judge.backend: local`"
+            )
+        if self.filter.probe and self.judge.backend != "local":
+            raise ValueError(
+                "filter.probe reads the judge model's hidden states, which only `judge.backend: local` exposes"
+            )
         return self
 
 

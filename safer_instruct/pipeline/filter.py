@@ -1,6 +1,7 @@
 """Stage 4, filter: the judge keeps instructions that are unsafe to answer (as the paper: only those flagged unsafe).
 
-Optionally (``response_match``) only the candidates that best explain their response reach the judge.
+Optionally (``response_match``) only the candidates that best explain their response reach the judge, and
+(``probe``) P(unsafe) comes from a probe on the judge model's hidden states (``judge_probe``) instead of its words.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 
 from safer_instruct.llm import LLM, Decision, Unsupported
 from safer_instruct.pipeline.config import FilterConfig, ResponseMatchConfig
+from safer_instruct.pipeline.judge_probe import Probe, as_prompt
 from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.prompts import load_template
@@ -45,22 +47,46 @@ def probability_of(decision: Decision, label: str) -> float:
     return decision.probability if decision.label == label else 1.0 - decision.probability
 
 
-def judge(batch: list[tuple[int, dict[str, Any]]], llm: LLM, prompts: list, keep_label: str, thresholds: Sequence[float],
-          stage: str, drop_reason: str, provenance: dict[str, Any]) -> list[ItemResult]:
-    """Ask ``llm`` for unsafe/safe on each prompt; keep records whose P(keep_label) >= their threshold."""
-    decisions = llm.decide(prompts, LABELS)
+def judge(
+    batch: list[tuple[int, dict[str, Any]]],
+    decisions: Sequence[Decision],
+    keep_label: str,
+    thresholds: Sequence[float],
+    stage: str,
+    drop_reason: str,
+    provenance: dict[str, Any],
+) -> list[ItemResult]:
+    """Keep the records whose unsafe/safe decision gives P(keep_label) >= their threshold."""
     results = []
     for (seq, record), decision, threshold in zip(batch, decisions, thresholds, strict=True):
         result = ItemResult(key=record["key"], seq=seq, category=record["category"])
         if not decision.ok:
             result.error = f"unparseable verdict: {decision.error}"
         elif (p := probability_of(decision, keep_label)) >= threshold:
-            entry = {**provenance, "verdict": decision.label, "probability": round(p, 4), "kept_if": f"P({keep_label}) >= {threshold}"}
+            entry = {
+                **provenance,
+                "verdict": decision.label,
+                "probability": round(p, 4),
+                "kept_if": f"P({keep_label}) >= {threshold}",
+            }
             result.outputs.append(with_stage(record, stage, {}, entry))
         else:
             result.drops.append(drop_reason)
         results.append(result)
     return results
+
+
+def probe_decisions(probe: Probe, llm: LLM, instructions: Sequence[str]) -> list[Decision]:
+    """The probe's verdict on each instruction, read from the judge model's hidden states."""
+    if not instructions:
+        return []
+    p_unsafe = probe.p_unsafe(llm.hidden_states([as_prompt(text) for text in instructions], [probe.layer])[:, 0])
+    return [
+        Decision(label="unsafe", probability=float(p))
+        if p >= 0.5
+        else Decision(label="safe", probability=float(1 - p))
+        for p in p_unsafe
+    ]
 
 
 def unsafe_scores(llm: LLM, config: FilterConfig, instructions: Sequence[str]) -> list[float | None]:
@@ -83,12 +109,18 @@ def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequenc
 def response_gains(llm: LLM, config: ResponseMatchConfig, records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Per record key: log P(response | instruction) - log P(response | neutral instruction), per response token."""
     responses = sorted({record["response"] for record in records})
-    neutral = llm.loglikelihood([[{"role": "user", "content": config.neutral_instruction}]] * len(responses), responses)
+    neutral = llm.loglikelihood(
+        [[{"role": "user", "content": config.neutral_instruction}]] * len(responses), responses
+    )
     baseline = {response: score.logprob for response, score in zip(responses, neutral)}
-    given = llm.loglikelihood([[{"role": "user", "content": record["instruction"]}] for record in records],
-                              [record["response"] for record in records])
-    return {record["key"]: (score.logprob - baseline[record["response"]]) / max(score.tokens, 1)
-            for record, score in zip(records, given)}
+    given = llm.loglikelihood(
+        [[{"role": "user", "content": record["instruction"]}] for record in records],
+        [record["response"] for record in records],
+    )
+    return {
+        record["key"]: (score.logprob - baseline[record["response"]]) / max(score.tokens, 1)
+        for record, score in zip(records, given)
+    }
 
 
 def response_match(llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]]) -> ResponseMatch | None:
@@ -110,7 +142,9 @@ def response_match(llm: LLM, config: FilterConfig, records: Sequence[dict[str, A
     return ResponseMatch(gains, frozenset(best))
 
 
-def category_thresholds(llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]], threshold: float) -> dict[str, float]:
+def category_thresholds(
+    llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]], threshold: float
+) -> dict[str, float]:
     """Per source category: ``threshold``, lowered where it keeps less than ``min_keep_per_category`` of the category."""
     if config.min_keep_per_category is None:
         return {}
@@ -122,25 +156,46 @@ def category_thresholds(llm: LLM, config: FilterConfig, records: Sequence[dict[s
     for category, values in scores.items():
         values.sort(reverse=True)
         share_bar = values[math.ceil(config.min_keep_per_category * len(values)) - 1]
-        bars[category] = min(threshold, math.floor(share_bar * 1e6) / 1e6)  # floored: the share's last item still passes
+        bars[category] = min(
+            threshold, math.floor(share_bar * 1e6) / 1e6
+        )  # floored: the share's last item still passes
     return bars
 
 
-def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: FilterConfig, model_id: str, threshold: float,
-            category_bars: dict[str, float], match: ResponseMatch | None) -> list[ItemResult]:
+def process(
+    batch: list[tuple[int, dict[str, Any]]],
+    llm: LLM,
+    config: FilterConfig,
+    model_id: str,
+    threshold: float,
+    category_bars: dict[str, float],
+    match: ResponseMatch | None,
+    probe: Probe | None = None,
+) -> list[ItemResult]:
     """Judge a batch; ``threshold`` is ``config.threshold`` or its calibrated value, ``category_bars`` lower it per category.
 
-    With ``match``, a candidate that is not among the best for its response is dropped before the judge.
+    With ``match``, a candidate that is not among the best for its response is dropped before the judge;
+    with ``probe``, the probe judges instead of the judge's prompted verdict.
     """
-    template = load_template(config.template)
     to_judge = [(seq, record) for seq, record in batch if kept_by(match, record)]
-    prompts = [template.render(instruction=record["instruction"]) for _, record in to_judge]
-    provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
+    instructions = [record["instruction"] for _, record in to_judge]
+    if probe is not None:
+        decisions = probe_decisions(probe, llm, instructions)
+        provenance = {"model": model_id, "probe": probe.figures}
+    else:
+        template = load_template(config.template)
+        decisions = (
+            llm.decide([template.render(instruction=text) for text in instructions], LABELS) if instructions else []
+        )
+        provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
     thresholds = [category_bars.get(record["category"], threshold) for _, record in to_judge]
-    judged = judge(to_judge, llm, prompts, "unsafe", thresholds, STAGE, "judged_safe", provenance)
+    judged = judge(to_judge, decisions, "unsafe", thresholds, STAGE, "judged_safe", provenance)
     if match:
         for output in (output for result in judged for output in result.outputs):
             output["provenance"][STAGE]["response_gain"] = round(match.gains[output["key"]], 4)
-    mismatched = [ItemResult(key=record["key"], seq=seq, category=record["category"], drops=["response_mismatch"])
-                  for seq, record in batch if not kept_by(match, record)]
+    mismatched = [
+        ItemResult(key=record["key"], seq=seq, category=record["category"], drops=["response_mismatch"])
+        for seq, record in batch
+        if not kept_by(match, record)
+    ]
     return sorted(judged + mismatched, key=lambda result: result.seq)

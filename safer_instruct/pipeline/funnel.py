@@ -5,7 +5,6 @@ Saved as ``dataset/funnel.json`` and ``dataset/funnel.png``; printed as a rich t
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,18 +14,13 @@ from safer_instruct.pipeline.store import RunStore
 
 
 def stage_summary(store: RunStore, stage: str) -> dict[str, Any]:
-    """Counts for one stage, overall and per category, with its time and usage."""
+    """Counts for one stage, overall and per category, with its time and usage.
+
+    A finished stage's counts are kept in its record; a stage with results since (an interrupted one) is counted anew.
+    """
     record = store.stage(stage)
-    per_category: dict[str, dict[str, Any]] = {}
-    for result in store.iter_results(stage):
-        entry = per_category.setdefault(result.category, {"in": 0, "out": 0, "failed": 0, "dropped": Counter()})
-        entry["in"] += 1
-        if result.error:
-            entry["failed"] += 1
-            continue
-        entry["out"] += len(result.outputs)
-        entry["dropped"].update(result.drops)
-    total = {"in": 0, "out": 0, "failed": 0, "dropped": Counter()}
+    per_category = record.counts if record.counts is not None else store.tally(stage)
+    total: dict[str, Any] = {"in": 0, "out": 0, "failed": 0, "dropped": Counter()}
     for entry in per_category.values():
         for key in ("in", "out", "failed"):
             total[key] += entry[key]
@@ -46,7 +40,7 @@ def stage_summary(store: RunStore, stage: str) -> dict[str, Any]:
 
 def errors(store: RunStore, stage: str, limit: int = 5) -> list[str]:
     """The first few item errors of a stage (for the report)."""
-    return [f"{r.key}: {r.error}" for r in itertools.islice((r for r in store.iter_results(stage) if r.error), limit)]
+    return [f"{key}: {error}" for key, error in store.failures(stage, limit)]
 
 
 def build_funnel(store: RunStore, stages: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:
@@ -57,11 +51,25 @@ def build_funnel(store: RunStore, stages: Sequence[str], extra: dict[str, Any]) 
 
 
 def write_funnel(funnel: dict[str, Any], folder: Path) -> tuple[Path, Path]:
-    """``funnel.json`` and ``funnel.png`` in ``folder``."""
+    """``funnel.json`` and ``funnel.png`` in ``folder``; the plot is redrawn only when what it shows changed (or it is gone)."""
     folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "funnel.json"
+    json_path, png_path = folder / "funnel.json", folder / "funnel.png"
+    try:
+        unchanged = png_path.is_file() and _plotted(json.loads(json_path.read_text(encoding="utf-8"))) == _plotted(
+            funnel
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no earlier funnel, or not one this kit wrote
+        unchanged = False
     json_path.write_text(json.dumps(funnel, indent=2, ensure_ascii=False), encoding="utf-8")
-    return json_path, plot_funnel(funnel, folder / "funnel.png")
+    return json_path, png_path if unchanged else plot_funnel(funnel, png_path)
+
+
+def _plotted(funnel: dict[str, Any]) -> dict[str, Any]:
+    """What ``plot_funnel`` draws from a funnel."""
+    return {
+        stage: [entry["in"], entry["out"], {c: sub["out"] for c, sub in entry["by_category"].items()}]
+        for stage, entry in funnel["stages"].items()
+    }
 
 
 def plot_funnel(funnel: dict[str, Any], path: Path) -> Path:
@@ -98,17 +106,46 @@ def funnel_table(funnel: dict[str, Any]):
     from rich.table import Table
 
     table = Table(title="Safer-Instruct funnel", show_lines=False)
-    for column in ("stage", "category", "in", "out", "dropped (reason: n)", "failed", "tokens (prompt+completion)", "cost $", "time s"):
+    for column in (
+        "stage",
+        "category",
+        "in",
+        "out",
+        "dropped (reason: n)",
+        "failed",
+        "tokens (prompt+completion)",
+        "cost $",
+        "time s",
+    ):
         table.add_column(column, justify="right" if column in {"in", "out", "failed", "cost $", "time s"} else "left")
     for stage, entry in funnel["stages"].items():
         tokens = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in entry["usage"].values())
         cost = sum(u.get("cost_usd", 0) for u in entry["usage"].values())
         models = ", ".join(entry["usage"]) or "-"
-        table.add_row(f"[bold]{stage}[/]", "all", str(entry["in"]), str(entry["out"]), _drops(entry["dropped"]),
-                      str(entry["failed"]), f"{tokens} ({models})" if tokens else "-", f"{cost:.4f}", f"{entry['wall_s']:.1f}")
+        table.add_row(
+            f"[bold]{stage}[/]",
+            "all",
+            str(entry["in"]),
+            str(entry["out"]),
+            _drops(entry["dropped"]),
+            str(entry["failed"]),
+            f"{tokens} ({models})" if tokens else "-",
+            f"{cost:.4f}",
+            f"{entry['wall_s']:.1f}",
+        )
         if len(entry["by_category"]) > 1:
             for category, sub in entry["by_category"].items():
-                table.add_row("", category, str(sub["in"]), str(sub["out"]), _drops(sub["dropped"]), str(sub["failed"]), "", "", "")
+                table.add_row(
+                    "",
+                    category,
+                    str(sub["in"]),
+                    str(sub["out"]),
+                    _drops(sub["dropped"]),
+                    str(sub["failed"]),
+                    "",
+                    "",
+                    "",
+                )
     return table
 
 

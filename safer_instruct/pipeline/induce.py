@@ -16,7 +16,7 @@ from safer_instruct.pipeline.clean import Decontaminator, exact_key, jaccard, no
 from safer_instruct.pipeline.config import InduceConfig
 from safer_instruct.pipeline.records import stable_id, with_stage
 from safer_instruct.pipeline.store import ItemResult
-from safer_instruct.training.data import REVERSE_TEMPLATE, reverse_prompt
+from safer_instruct.prompts.reverse import REVERSE_TEMPLATE, reverse_prompt
 
 STAGE = "induce"
 _LABEL = re.compile(r"^(?:#+\s*)?(?:instruction|request|prompt)\s*:\s*", re.IGNORECASE)
@@ -35,20 +35,30 @@ def clean_instruction(text: str) -> str:
     return text
 
 
-def reject_reason(instruction: str, finish_reason: str, response: str, config: InduceConfig, decontaminator: Decontaminator) -> str | None:
+def reject_reason(
+    instruction: str, finish_reason: str, response: str, config: InduceConfig, decontaminator: Decontaminator
+) -> str | None:
     """Why a candidate is unusable, or None."""
     if len(instruction) < config.min_chars or not words(instruction):
         return "empty"
     if finish_reason == "length" or len(instruction) > config.max_chars:
         return "too_long"
-    if jaccard(instruction, response) >= config.echo_threshold or " ".join(words(response)) in " ".join(words(instruction)):
+    if jaccard(instruction, response) >= config.echo_threshold or " ".join(words(response)) in " ".join(
+        words(instruction)
+    ):
         return "echo"
     if decontaminator.overlap(instruction):
         return "contaminated"
     return None
 
 
-def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: InduceConfig, decontaminator: Decontaminator, model_id: str) -> list[ItemResult]:
+def process(
+    batch: list[tuple[int, dict[str, Any]]],
+    llm: LLM,
+    config: InduceConfig,
+    decontaminator: Decontaminator,
+    model_id: str,
+) -> list[ItemResult]:
     """Sample ``config.candidates`` instructions for each response and keep the usable, distinct ones."""
     prompts = [reverse_prompt(record["response"]) for _, record in batch]
     base = SamplingParams(**{**config.sampling.model_dump(), "stop": tuple(config.sampling.stop)})
@@ -68,8 +78,14 @@ def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: InduceCon
                 continue
             seen.add(exact_key(instruction))
             key = stable_id(record["source"], record["source_id"], instruction)
-            provenance = {"model": model_id, "template": "reverse (arXiv 2311.08685)", "template_sha": template_sha(),
-                          "candidate": k, "seed": base.seed + k, "pii_scrubbed": dict(pii)}
+            provenance = {
+                "model": model_id,
+                "template": "reverse (arXiv 2311.08685)",
+                "template_sha": template_sha(),
+                "candidate": k,
+                "seed": base.seed + k,
+                "pii_scrubbed": dict(pii),
+            }
             result.outputs.append(with_stage(record, STAGE, {"key": key, "instruction": instruction}, provenance))
         results.append(result)
     return results

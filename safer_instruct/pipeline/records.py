@@ -23,6 +23,8 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def with_stage(record: dict[str, Any], stage: str, fields: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+def with_stage(
+    record: dict[str, Any], stage: str, fields: dict[str, Any], provenance: dict[str, Any]
+) -> dict[str, Any]:
     """A copy of ``record`` with new fields and the stage's provenance entry."""
     return {**record, **fields, "provenance": {**record.get("provenance", {}), stage: {**provenance, "time": now()}}}

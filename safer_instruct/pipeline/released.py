@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from safer_instruct.pipeline.clean import normalise
 from safer_instruct.pipeline.records import now, stable_id
-from safer_instruct.pipeline.sources import read_rows, text_field
+from safer_instruct.readers import read_rows, text_field
 
 COLUMNS = ("instruction", "rejected", "chosen", "label")
 
@@ -21,23 +21,31 @@ def import_released(path: str | Path, source: str) -> list[tuple[str, dict[str, 
     """(where, preference row) per CSV row; the row is None when instruction or chosen is empty."""
     rows = []
     for number, row in enumerate(read_rows(path, COLUMNS), start=1):
-        instruction, chosen = normalise(text_field(row, "instruction", False)), normalise(text_field(row, "chosen", False))
+        instruction, chosen = (
+            normalise(text_field(row, "instruction", False)),
+            normalise(text_field(row, "chosen", False)),
+        )
         rejected = normalise(text_field(row, "rejected", False))
         category = normalise(text_field(row, "label", False)) or "unlabelled"
         if not instruction or not chosen:
             rows.append((row.where, None))
             continue
-        rows.append((row.where, {
-            "id": stable_id(source, str(number), instruction),
-            "prompt": [{"role": "user", "content": instruction}],
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}] if rejected else [],
-            "category": category,
-            "kind": "safety",
-            "source": source,
-            "source_id": str(number),
-            "provenance": json.dumps({"import": {"file": Path(path).name, "row": number, "time": now()}}),
-        }))
+        rows.append(
+            (
+                row.where,
+                {
+                    "id": stable_id(source, str(number), instruction),
+                    "prompt": [{"role": "user", "content": instruction}],
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}] if rejected else [],
+                    "category": category,
+                    "kind": "safety",
+                    "source": source,
+                    "source_id": str(number),
+                    "provenance": json.dumps({"import": {"file": Path(path).name, "row": number, "time": now()}}),
+                },
+            )
+        )
     return rows
 
 

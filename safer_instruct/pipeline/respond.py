@@ -21,7 +21,9 @@ def first_sentences(text: str, count: int | None) -> str:
     return text if count is None else " ".join(SENTENCE_END.split(text)[:count])
 
 
-def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: RespondConfig, model_id: str) -> list[ItemResult]:
+def process(
+    batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: RespondConfig, model_id: str
+) -> list[ItemResult]:
     template = load_template(config.template)
     params = SamplingParams(**{**config.sampling.model_dump(), "stop": tuple(config.sampling.stop)})
     generations = llm.generate([template.render(instruction=record["instruction"]) for _, record in batch], params)
@@ -36,8 +38,14 @@ def process(batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: RespondCo
         elif truncated and config.drop_truncated:
             result.drops.append("truncated")
         else:
-            provenance = {"model": model_id, "template": template.name, "template_sha": template.sha,
-                          "sampling": config.sampling.model_dump(), "max_sentences": config.max_sentences, "completion_tokens": generation.completion_tokens}
+            provenance = {
+                "model": model_id,
+                "template": template.name,
+                "template_sha": template.sha,
+                "sampling": config.sampling.model_dump(),
+                "max_sentences": config.max_sentences,
+                "completion_tokens": generation.completion_tokens,
+            }
             result.outputs.append(with_stage(record, STAGE, {"expert": text}, provenance))
         results.append(result)
     return results

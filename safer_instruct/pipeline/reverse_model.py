@@ -23,14 +23,18 @@ def check(config: ReverseModelConfig) -> None:
         if not folder.is_dir():
             raise SaferInstructError(f"reverse_model.path: {config.path}: no such folder")
         if not any((folder / name).is_file() for name in ("config.json", "adapter_config.json")):
-            raise SaferInstructError(f"reverse_model.path: {config.path}: not a trained model "
-                                     "(no config.json or adapter_config.json; training/reverse_sft.py writes them)")
+            raise SaferInstructError(
+                f"reverse_model.path: {config.path}: not a trained model "
+                "(no config.json or adapter_config.json; training/reverse_sft.py writes them)"
+            )
     train = config.train
     if train is None:
         return
     if not Path(train.recipe).is_file():
         raise SaferInstructError(f"reverse_model.train.recipe: {train.recipe}: file not found")
-    looks_local = train.dataset.startswith((".", "/", "~")) or Path(train.dataset).suffix or train.dataset.count("/") != 1
+    looks_local = (
+        train.dataset.startswith((".", "/", "~")) or Path(train.dataset).suffix or train.dataset.count("/") != 1
+    )
     if looks_local and not Path(train.dataset).expanduser().exists():
         raise SaferInstructError(f"reverse_model.train.dataset: {train.dataset}: no such file or folder")
 

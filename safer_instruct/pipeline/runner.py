@@ -27,6 +27,7 @@ from safer_instruct.pipeline import assemble as assemble_stage
 from safer_instruct.pipeline import collect as collect_stage
 from safer_instruct.pipeline import filter as filter_stage
 from safer_instruct.pipeline import induce as induce_stage
+from safer_instruct.pipeline import judge_probe
 from safer_instruct.pipeline import respond as respond_stage
 from safer_instruct.pipeline import reverse_model as reverse_stage
 from safer_instruct.pipeline import self_evaluate as self_evaluate_stage
@@ -35,14 +36,15 @@ from safer_instruct.pipeline.config import PipelineConfig
 from safer_instruct.pipeline.funnel import build_funnel, funnel_table, write_funnel
 from safer_instruct.pipeline.records import fingerprint
 from safer_instruct.pipeline.released import import_released
-from safer_instruct.pipeline.sources import file_digest, read_hub, read_rows, text_field
 from safer_instruct.pipeline.store import ItemResult, RunStore, run_lock
 from safer_instruct.prompts import load_template
+from safer_instruct.readers import file_digest, read_hub, read_rows, text_field
 
 log = logging.getLogger(__name__)
 ITEM_STAGES = ("collect", "induce", "filter", "respond", "self_evaluate", "assemble")
 MODEL_STAGES = ITEM_STAGES[1:-1]
 COLLECT_CHUNK = 5000  # collect's results per committed write
+FUNNEL_FILES = ("funnel.json", "funnel.png")  # written next to the dataset on every build
 Batch = list[tuple[int, dict[str, Any]]]
 
 
@@ -56,6 +58,7 @@ class Inputs:
     released: list[dict[str, Any] | None]
     digest: dict[str, Any]
     benign_prompts: list[str] = field(default_factory=list)  # the filter's calibration set
+    judge_requests: list[judge_probe.LabelledRequest] = field(default_factory=list)  # the filter probe's labelled set
 
 
 @dataclass
@@ -88,6 +91,9 @@ class TimedLLM:
     def loglikelihood(self, prompts, continuations):
         return self._timed(self.llm.loglikelihood, prompts, continuations)
 
+    def hidden_states(self, prompts, layers=None):
+        return self._timed(self.llm.hidden_states, prompts, layers)
+
     def _timed(self, call: Callable, *args: Any):
         start = time.perf_counter()
         try:
@@ -110,7 +116,9 @@ class Models:
         key = config.model_dump_json()
         if key not in self.loaded:
             start = time.perf_counter()
-            self.loaded[key] = TimedLLM(make_llm(config, cache=self.cache_path, ledger=self.ledger), display_id(config, self.run_dir))
+            self.loaded[key] = TimedLLM(
+                make_llm(config, cache=self.cache_path, ledger=self.ledger), display_id(config, self.run_dir)
+            )
             self.load_s += time.perf_counter() - start
         return self.loaded[key]
 
@@ -128,6 +136,7 @@ def positioned_batches(records: Iterable[dict[str, Any]], size: int) -> Iterator
 
 def display_id(config: LLMConfig, run_dir: Path) -> str:
     """The model id for provenance: paths inside the run dir are shown relative to it."""
+
     def short(name: str) -> str:
         path = Path(name)
         return str(path.relative_to(run_dir)) if path.is_absolute() and path.is_relative_to(run_dir) else name
@@ -167,9 +176,17 @@ def read_inputs(config: PipelineConfig) -> Inputs:
     digests["sources"] = [collect_stage.source_digest(source) for source in config.sources]
     benign: list[str] = []
     if calibration := config.filter.calibration:
-        benign = [text_field(row, calibration.column, False) for row in read_rows(calibration.path, [calibration.column])]
+        benign = [
+            text_field(row, calibration.column, False) for row in read_rows(calibration.path, [calibration.column])
+        ]
         digests["filter_calibration"] = file_digest(calibration.path)
-    return Inputs(responses, Decontaminator(prompts, config.decontaminate.ngram), helpful, released, digests, benign)
+    requests: list[judge_probe.LabelledRequest] = []
+    if probe := config.filter.probe:
+        requests = judge_probe.load_requests(probe)
+        digests["filter_probe"] = file_digest(probe.path)
+    return Inputs(
+        responses, Decontaminator(prompts, config.decontaminate.ngram), helpful, released, digests, benign, requests
+    )
 
 
 class Build:
@@ -186,35 +203,110 @@ class Build:
 
     def run(self, inputs: Inputs) -> BuildResult:
         config = self.config
-        fp = fingerprint("collect", inputs.digest["sources"], inputs.digest["eval_sets"], [s.model_dump(exclude={"path"}) for s in config.sources],
-                         config.clean.model_dump(), config.decontaminate.model_dump(exclude={"eval_sets"}))
+        fp = fingerprint(
+            "collect",
+            inputs.digest["sources"],
+            inputs.digest["eval_sets"],
+            [s.model_dump(exclude={"path"}) for s in config.sources],
+            config.clean.model_dump(),
+            config.decontaminate.model_dump(exclude={"eval_sets"}),
+        )
         self._collect(fp, inputs)
-        reverse_fp = fingerprint("reverse", config.reverse_model.train.model_dump() if config.reverse_model.train else None)
+        reverse_fp = fingerprint(
+            "reverse", config.reverse_model.train.model_dump() if config.reverse_model.train else None
+        )
         start = time.perf_counter()
         reverse_llm = reverse_stage.reverse_llm(config.reverse_model, self.run_dir, self.store, reverse_fp)
         train_s = time.perf_counter() - start if config.reverse_model.train else 0.0
         if config.reverse_model.train:
             self.store.add_cost(reverse_stage.STAGE, train_s, 0.0, 0.0, {})
-        fp = fingerprint(fp, "induce", llm_identity(reverse_llm), config.induce.model_dump(), *reverse_stage.served_weights(config.reverse_model))
-        self._model_stage("induce", fp, "collect", reverse_llm,
-                          lambda b, llm: induce_stage.process(b, llm, config.induce, inputs.decontaminator, llm.model_id))
-        fp = fingerprint(fp, "filter", llm_identity(config.judge), config.filter.model_dump(), load_template(config.filter.template).sha,
-                         inputs.digest.get("filter_calibration"))
-        threshold = functools.cache(lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts))
-        induced = functools.cache(lambda: self.store.outputs(induce_stage.STAGE))  # read once, when the filter first runs
+        fp = fingerprint(
+            fp,
+            "induce",
+            llm_identity(reverse_llm),
+            config.induce.model_dump(),
+            *reverse_stage.served_weights(config.reverse_model),
+        )
+        self._model_stage(
+            "induce",
+            fp,
+            "collect",
+            reverse_llm,
+            lambda b, llm: induce_stage.process(b, llm, config.induce, inputs.decontaminator, llm.model_id),
+        )
+        fp = fingerprint(
+            fp,
+            "filter",
+            llm_identity(config.judge),
+            config.filter.model_dump(),
+            load_template(config.filter.template).sha,
+            inputs.digest.get("filter_calibration"),
+            inputs.digest.get("filter_probe"),
+        )
+        probe = functools.cache(
+            lambda llm: (
+                config.filter.probe and judge_probe.train_probe(llm, config.filter.probe, inputs.judge_requests)
+            )
+        )
+        threshold = functools.cache(
+            lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts)
+        )
+        induced = functools.cache(
+            lambda: self.store.outputs(induce_stage.STAGE)
+        )  # read once, when the filter first runs
         match = functools.cache(lambda llm: filter_stage.response_match(llm, config.filter, induced()))
-        category_bars = functools.cache(lambda llm: filter_stage.category_thresholds(
-            llm, config.filter, filter_stage.matched(induced(), match(llm)), threshold(llm)))
-        self._model_stage("filter", fp, "induce", config.judge, lambda b, llm: filter_stage.process(
-            b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm)))
-        fp = fingerprint(fp, "respond", llm_identity(config.expert), config.respond.model_dump(), load_template(config.respond.template).sha)
-        self._model_stage("respond", fp, "filter", config.expert, lambda b, llm: respond_stage.process(b, llm, config.respond, llm.model_id))
-        fp = fingerprint(fp, "self_evaluate", llm_identity(config.expert), config.self_evaluate.model_dump(),
-                         load_template(config.self_evaluate.template).sha)
-        self._model_stage("self_evaluate", fp, "respond", config.expert,
-                          lambda b, llm: self_evaluate_stage.process(b, llm, config.self_evaluate, llm.model_id))
-        fp = fingerprint(fp, "assemble", inputs.digest.get("helpfulness"), inputs.digest["released"],
-                         config.helpfulness.model_dump(exclude={"path"}) if config.helpfulness else None, config.assemble.model_dump(), config.seed)
+        category_bars = functools.cache(
+            lambda llm: filter_stage.category_thresholds(
+                llm, config.filter, filter_stage.matched(induced(), match(llm)), threshold(llm)
+            )
+        )
+        self._model_stage(
+            "filter",
+            fp,
+            "induce",
+            config.judge,
+            lambda b, llm: filter_stage.process(
+                b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm), probe(llm) or None
+            ),
+            info=lambda llm: {"probe": probe(llm).figures} if config.filter.probe else None,
+        )
+        fp = fingerprint(
+            fp,
+            "respond",
+            llm_identity(config.expert),
+            config.respond.model_dump(),
+            load_template(config.respond.template).sha,
+        )
+        self._model_stage(
+            "respond",
+            fp,
+            "filter",
+            config.expert,
+            lambda b, llm: respond_stage.process(b, llm, config.respond, llm.model_id),
+        )
+        fp = fingerprint(
+            fp,
+            "self_evaluate",
+            llm_identity(config.expert),
+            config.self_evaluate.model_dump(),
+            load_template(config.self_evaluate.template).sha,
+        )
+        self._model_stage(
+            "self_evaluate",
+            fp,
+            "respond",
+            config.expert,
+            lambda b, llm: self_evaluate_stage.process(b, llm, config.self_evaluate, llm.model_id),
+        )
+        fp = fingerprint(
+            fp,
+            "assemble",
+            inputs.digest.get("helpfulness"),
+            inputs.digest["released"],
+            config.helpfulness.model_dump(exclude={"path"}) if config.helpfulness else None,
+            config.assemble.model_dump(),
+            config.seed,
+        )
         return self._assemble(fp, inputs)
 
     def _collect(self, fp: str, inputs: Inputs) -> None:
@@ -224,11 +316,23 @@ class Build:
             while chunk := list(itertools.islice(results, COLLECT_CHUNK)):  # stored as they come: memory stays flat
                 self.store.record(collect_stage.STAGE, chunk)
             self.store.add_cost(collect_stage.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
-            self.store.finish_stage(collect_stage.STAGE, True)
+            self.store.finish_stage(collect_stage.STAGE, True, settled=True)
 
-    def _model_stage(self, name: str, fp: str, upstream: str, llm_config: LLMConfig, process: Callable[[Batch, TimedLLM], list[ItemResult]]) -> None:
-        """Run ``process`` over the upstream outputs not yet done, one committed batch at a time."""
-        self.store.open_stage(name, fp)
+    def _model_stage(
+        self,
+        name: str,
+        fp: str,
+        upstream: str,
+        llm_config: LLMConfig,
+        process: Callable[[Batch, TimedLLM], list[ItemResult]],
+        info: Callable[[TimedLLM], dict[str, Any] | None] = lambda llm: None,
+    ) -> None:
+        """Run ``process`` over the upstream outputs not yet done, one committed batch at a time; ``info`` describes the work done.
+
+        A stage that finished on a complete upstream (and whose fingerprint still matches) is skipped without reading its input.
+        """
+        if self.store.open_stage(name, fp).settled:
+            return
         done = self.store.done_keys(name)
         size = sys.maxsize if llm_config.batch_api else self.config.batch_size  # the Batch API: one batch per stage
         start, load_before = time.perf_counter(), self.models.load_s
@@ -249,9 +353,13 @@ class Build:
                 results = process(batch, llm)
             except (DamagedFileError, Unsupported):
                 raise  # a damaged cache, or a model that cannot do what the config asks: the run stops, saying why
-            except Exception as err:  # a model error fails the batch's items, kept and retried next run; the run goes on
+            except (
+                Exception
+            ) as err:  # a model error fails the batch's items, kept and retried next run; the run goes on
                 log.warning("%s: batch failed: %s", name, err, exc_info=log.isEnabledFor(logging.DEBUG))
-                results = [ItemResult(r["key"], s, r["category"], error=f"{type(err).__name__}: {err}") for s, r in batch]
+                results = [
+                    ItemResult(r["key"], s, r["category"], error=f"{type(err).__name__}: {err}") for s, r in batch
+                ]
             self.store.record(name, results)
         usage = {}
         if llm is not None:
@@ -260,28 +368,62 @@ class Build:
         self.store.add_cost(name, time.perf_counter() - start, model_s, self.models.load_s - load_before, usage)
         progress.close()
         stored, failed = self.store.counts(name)
-        self.store.finish_stage(name, not failed and stored == total)
+        self.store.finish_stage(
+            name,
+            not failed and stored == total,
+            info(llm) if llm is not None else None,
+            settled=self._upstream_complete(name),
+        )
+
+    def _upstream_complete(self, name: str) -> bool:
+        """Whether every stage before ``name`` is complete (its input can no longer change without a new fingerprint)."""
+        return all(self.store.stage(s).complete for s in ITEM_STAGES[: ITEM_STAGES.index(name)])
 
     def _assemble(self, fp: str, inputs: Inputs) -> BuildResult:
         start = time.perf_counter()
         if not self.store.open_stage(assemble_stage.STAGE, fp).complete:
-            safety = [assemble_stage.safety_row(r) for r in self.store.outputs(self_evaluate_stage.STAGE)] + inputs.released
+            safety = [
+                assemble_stage.safety_row(r) for r in self.store.outputs(self_evaluate_stage.STAGE)
+            ] + inputs.released
             ratio = self.config.helpfulness.ratio if self.config.helpfulness else 0.0
-            results = assemble_stage.assemble(safety, inputs.helpfulness, ratio, self.config.seed, inputs.decontaminator)
+            results = assemble_stage.assemble(
+                safety, inputs.helpfulness, ratio, self.config.seed, inputs.decontaminator
+            )
             self.store.record(assemble_stage.STAGE, results)
             del safety, results  # the rows are read back below: two copies at once would double the peak memory
             self.store.add_cost(assemble_stage.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
-            upstream_complete = all(self.store.stage(s).complete for s in ITEM_STAGES[:-1])
-            self.store.finish_stage(assemble_stage.STAGE, upstream_complete)
-        rows = self.store.outputs(assemble_stage.STAGE)
-        splits = assemble_stage.write_dataset(rows, self.run_dir, self.config.assemble, self.config.seed)
+            upstream_complete = self._upstream_complete(assemble_stage.STAGE)
+            self.store.finish_stage(assemble_stage.STAGE, upstream_complete, settled=upstream_complete)
         dataset_dir = self.run_dir / assemble_stage.DATASET_DIR
-        extra: dict[str, Any] = {"splits": splits, "rows": {kind: sum(r["kind"] == kind for r in rows) for kind in ("safety", "helpfulness")}}
+        written = self.store.stage(assemble_stage.STAGE).written
+        if written is None or written["files"] != dataset_files(dataset_dir):  # unwritten, or changed on disk since
+            rows = self.store.outputs(assemble_stage.STAGE)
+            splits = assemble_stage.write_dataset(rows, self.run_dir, self.config.assemble, self.config.seed)
+            written = {
+                "splits": splits,
+                "rows": {kind: sum(r["kind"] == kind for r in rows) for kind in ("safety", "helpfulness")},
+                "files": dataset_files(dataset_dir),
+            }
+            del rows
+            self.store.set_written(assemble_stage.STAGE, written)
+        extra: dict[str, Any] = {"splits": written["splits"], "rows": written["rows"]}
         if self.config.reverse_model.train:
-            extra["reverse_model"] = {**self.store.stage(reverse_stage.STAGE).info, "wall_s": round(self.store.stage(reverse_stage.STAGE).wall_s, 2)}
+            extra["reverse_model"] = {
+                **self.store.stage(reverse_stage.STAGE).info,
+                "wall_s": round(self.store.stage(reverse_stage.STAGE).wall_s, 2),
+            }
         funnel = build_funnel(self.store, ITEM_STAGES, extra)
         write_funnel(funnel, dataset_dir)
-        return BuildResult(self.run_dir, dataset_dir, splits, funnel)
+        return BuildResult(self.run_dir, dataset_dir, written["splits"], funnel)
+
+
+def dataset_files(folder: Path) -> dict[str, list[int]]:
+    """The dataset files in ``folder`` (the funnel aside), each with its size and modification time: a rerun rewrites
+    the dataset when these differ from what it last wrote (a file deleted, replaced or edited)."""
+    if not folder.is_dir():
+        return {}
+    stats = {path.name: path.stat() for path in folder.iterdir() if path.is_file() and path.name not in FUNNEL_FILES}
+    return {name: [stat.st_size, stat.st_mtime_ns] for name, stat in sorted(stats.items())}
 
 
 def build(config: PipelineConfig, run_dir: str | Path | None = None, console=None) -> BuildResult:
@@ -313,14 +455,18 @@ def run_problem(funnel: dict[str, Any], dataset_dir: Path) -> str | None:
         entry = funnel["stages"][stage]
         if entry["in"] and entry["failed"] == entry["in"]:
             example = funnel["failures"][stage][0].splitlines()[0]
-            return (f"every {stage} batch failed ({entry['failed']} items; e.g. {example}); fix the cause and rerun "
-                    f"to retry them ({where})")
+            return (
+                f"every {stage} batch failed ({entry['failed']} items; e.g. {example}); fix the cause and rerun "
+                f"to retry them ({where})"
+            )
     if not sum(funnel["splits"].values()):
         return f"the dataset is empty: no row was kept ({where})"
     return None
 
 
-def build_from_file(config_path: str | Path, run_dir: str | Path | None = None, overrides: Sequence[str] = (), console=None) -> BuildResult:
+def build_from_file(
+    config_path: str | Path, run_dir: str | Path | None = None, overrides: Sequence[str] = (), console=None
+) -> BuildResult:
     """``safer-instruct build CONFIG [--run-dir DIR] [KEY=VALUE ...]``."""
     from safer_instruct.pipeline.config import load_pipeline_config
 

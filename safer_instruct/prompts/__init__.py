@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import jinja2
@@ -47,8 +47,10 @@ class PromptTemplate:
         parts = ROLE_LINE.split(self.text)
         data = {key: as_data(value) if isinstance(value, str) else value for key, value in values.items()}
         try:
-            return [{"role": role, "content": compiled(body).render(**data).strip()}
-                    for role, body in zip(parts[1::2], parts[2::2])]
+            return [
+                {"role": role, "content": compiled(body).render(**data).strip()}
+                for role, body in zip(parts[1::2], parts[2::2])
+            ]
         except jinja2.TemplateError as err:
             raise SaferInstructError(f"prompt template {self.path}: {type(err).__name__}: {err}") from err
 
@@ -64,7 +66,7 @@ def as_data(text: str) -> str:
     return CONTROL_MARKER.sub(lambda match: match.group(0)[0] + ZERO_WIDTH_SPACE + match.group(0)[1:], text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str) -> PromptTemplate:
     """A shipped template by name (``judge_v1``) or a template file by path."""
     path = Path(name) if name.endswith(".j2") else PROMPTS_DIR / f"{name}.j2"
@@ -74,5 +76,7 @@ def load_template(name: str) -> PromptTemplate:
     text = path.read_text(encoding="utf-8").strip() + "\n"
     roles = ROLE_LINE.findall(text)
     if not roles or not text.startswith("###") or roles[-1] != "user":
-        raise SaferInstructError(f"prompt template {path}: must start with a `### system|user` line and end with a user turn")
+        raise SaferInstructError(
+            f"prompt template {path}: must start with a `### system|user` line and end with a user turn"
+        )
     return PromptTemplate(name=path.stem, path=path, text=text)

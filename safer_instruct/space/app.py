@@ -18,9 +18,9 @@ import gradio as gr
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.evaluate.judge import Judge, JudgeConfig, Verdict
-from safer_instruct.evaluate.refusal import is_refusal
 from safer_instruct.llm import Message, SamplingParams, make_llm
 from safer_instruct.llm.local import LocalLLM
+from safer_instruct.refusal import is_refusal
 from safer_instruct.space.limits import Throttle, client_key, prompt_problem, throttle_message
 from safer_instruct.space.settings import MAKE_ALIGNED_HINT, SpaceSettings
 from safer_instruct.space.streaming import stream_together
@@ -60,7 +60,7 @@ class SpaceModels:
     judge: Judge | None = None
 
     @classmethod
-    def load(cls, settings: SpaceSettings) -> "SpaceModels":
+    def load(cls, settings: SpaceSettings) -> SpaceModels:
         base = make_llm(settings.base_llm(), show_progress=False)
         aligned_config = settings.aligned_llm()
         aligned = make_llm(aligned_config, show_progress=False) if aligned_config else None
@@ -93,7 +93,9 @@ def load_examples(per_set: int) -> dict[str, list[str] | str]:
     return examples
 
 
-def _outputs(chats: list, badges: list[str], prompt_box: Any = None, states: list | None = None, turn: Any = None) -> tuple:
+def _outputs(
+    chats: list, badges: list[str], prompt_box: Any = None, states: list | None = None, turn: Any = None
+) -> tuple:
     """The respond event's outputs, in order; what is not given (or has no aligned column) stays as it is."""
     skip = gr.skip()
 
@@ -101,8 +103,11 @@ def _outputs(chats: list, badges: list[str], prompt_box: Any = None, states: lis
         return list(values) + [skip] * (2 - len(values))
 
     return (
-        skip if prompt_box is None else prompt_box, *pad(chats), *pad(badges),
-        *(pad(states) if states is not None else [skip, skip]), skip if turn is None else turn,
+        skip if prompt_box is None else prompt_box,
+        *pad(chats),
+        *pad(badges),
+        *(pad(states) if states is not None else [skip, skip]),
+        skip if turn is None else turn,
     )
 
 
@@ -136,20 +141,30 @@ class CompareApp:
             raise gr.Error(problem, title="Prompt not sent")
         headers = request.headers if request else {}
         host = request.client.host if request and request.client else None
-        key = client_key(host, headers.get("x-forwarded-for"), request.session_hash if request else None,
-                         self.settings.proxy_hops())
+        key = client_key(
+            host, headers.get("x-forwarded-for"), request.session_hash if request else None, self.settings.proxy_hops()
+        )
         wait = self.throttle.wait_s(key)
         if wait:
             raise gr.Error(throttle_message(wait, self.settings.requests_per_minute), title="Slow down")
 
     def respond(
-        self, prompt: str, temperature: float, max_new_tokens: float,
-        base_history: list[Message], aligned_history: list[Message], request: gr.Request,
+        self,
+        prompt: str,
+        temperature: float,
+        max_new_tokens: float,
+        base_history: list[Message],
+        aligned_history: list[Message],
+        request: gr.Request,
     ) -> Iterator[tuple]:
         """Stream both answers; finally store both histories and the turn a vote refers to."""
         self._check(prompt, request)
-        params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                top_p=0.95 if temperature > 0 else 1.0, seed=random.randrange(2**31))
+        params = SamplingParams(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_p=0.95 if temperature > 0 else 1.0,
+            seed=random.randrange(2**31),
+        )
         asked: Message = {"role": "user", "content": prompt}
         llms = [self.models.base] + ([self.models.aligned] if self.models.aligned else [])
         histories = [base_history, aligned_history][: len(llms)]
@@ -182,8 +197,13 @@ class CompareApp:
             return [Verdict(None, error="the judge gave no verdict")] * len(answers)
 
     def _turn(
-        self, prompt: str, answers: list[str], contexts: list[list[Message]], verdicts: list,
-        params: SamplingParams, number: int,
+        self,
+        prompt: str,
+        answers: list[str],
+        contexts: list[list[Message]],
+        verdicts: list,
+        params: SamplingParams,
+        number: int,
     ) -> dict:
         """What a vote on this exchange records (no client address or session: votes are anonymous)."""
         names = ["base", "aligned"][: len(answers)]
@@ -194,8 +214,12 @@ class CompareApp:
             "context": dict(zip(names, contexts)),
             "refusal": {name: is_refusal(answer) for name, answer in zip(names, answers)},
             "judge_harmful": {name: v.harmful for name, v in zip(names, verdicts)} if self.models.judge else None,
-            "settings": {"temperature": params.temperature, "top_p": params.top_p,
-                         "max_new_tokens": params.max_new_tokens, "seed": params.seed},
+            "settings": {
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "max_new_tokens": params.max_new_tokens,
+                "seed": params.seed,
+            },
             "models": self.model_ids(),
             "voted": False,
         }
@@ -227,19 +251,37 @@ class CompareApp:
             with gr.Row(equal_height=True):
                 with gr.Column():
                     gr.Markdown(f"### Base · `{ids['base']}`")
-                    base_chat = gr.Chatbot(label="Base model", height=420, feedback_options=None, buttons=["copy", "copy_all"],
-                                           elem_id="base-chat")
+                    base_chat = gr.Chatbot(
+                        label="Base model",
+                        height=420,
+                        feedback_options=None,
+                        buttons=["copy", "copy_all"],
+                        elem_id="base-chat",
+                    )
                     base_badge = gr.HTML(EMPTY, elem_id="base-badge")
                 with gr.Column():
-                    gr.Markdown(f"### Aligned · `{ids['aligned']}`" if ids["aligned"] else "### Aligned · not available")
+                    gr.Markdown(
+                        f"### Aligned · `{ids['aligned']}`" if ids["aligned"] else "### Aligned · not available"
+                    )
                     if not ids["aligned"]:
                         gr.Markdown(MAKE_ALIGNED_HINT, elem_id="aligned-missing")
-                    aligned_chat = gr.Chatbot(label="Aligned model", height=420, feedback_options=None, buttons=["copy", "copy_all"],
-                                              visible=bool(ids["aligned"]), elem_id="aligned-chat")
+                    aligned_chat = gr.Chatbot(
+                        label="Aligned model",
+                        height=420,
+                        feedback_options=None,
+                        buttons=["copy", "copy_all"],
+                        visible=bool(ids["aligned"]),
+                        elem_id="aligned-chat",
+                    )
                     aligned_badge = gr.HTML(EMPTY, visible=bool(ids["aligned"]), elem_id="aligned-badge")
             with gr.Row():
-                prompt = gr.Textbox(show_label=False, scale=5, lines=2, elem_id="prompt",
-                                    placeholder=f"Ask both models something (up to {settings.max_prompt_chars} characters)")
+                prompt = gr.Textbox(
+                    show_label=False,
+                    scale=5,
+                    lines=2,
+                    elem_id="prompt",
+                    placeholder=f"Ask both models something (up to {settings.max_prompt_chars} characters)",
+                )
                 send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 clear = gr.Button("Clear", scale=0)
             with gr.Row(visible=bool(ids["aligned"])):
@@ -248,8 +290,13 @@ class CompareApp:
                 vote_status = gr.Markdown(elem_id="vote-status")
             with gr.Accordion("Generation settings", open=False):
                 temperature = gr.Slider(0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                max_new_tokens = gr.Slider(1, settings.max_new_tokens, value=min(settings.default_new_tokens, settings.max_new_tokens),
-                                           step=1, label="Max new tokens")
+                max_new_tokens = gr.Slider(
+                    1,
+                    settings.max_new_tokens,
+                    value=min(settings.default_new_tokens, settings.max_new_tokens),
+                    step=1,
+                    label="Max new tokens",
+                )
             if settings.examples_per_set:
                 self._examples(prompt)
             gr.Markdown(
@@ -257,19 +304,53 @@ class CompareApp:
                 f"characters per prompt, the last {settings.max_turns} turns as context. Votes record the prompt, "
                 "both answers, the settings and the model names; nothing about who voted."
             )
-            outputs = [prompt, base_chat, aligned_chat, base_badge, aligned_badge, base_state, aligned_state, turn_state]
+            outputs = [
+                prompt,
+                base_chat,
+                aligned_chat,
+                base_badge,
+                aligned_badge,
+                base_state,
+                aligned_state,
+                turn_state,
+            ]
             inputs = [prompt, temperature, max_new_tokens, base_state, aligned_state]
-            gr.on([send.click, prompt.submit], self.respond, inputs, outputs, api_name="generate",
-                  concurrency_limit=settings.model_concurrency, concurrency_id="models", show_progress="minimal")
+            gr.on(
+                [send.click, prompt.submit],
+                self.respond,
+                inputs,
+                outputs,
+                api_name="generate",
+                concurrency_limit=settings.model_concurrency,
+                concurrency_id="models",
+                show_progress="minimal",
+            )
             for choice, button in vote_buttons.items():
-                button.click(partial(self.vote, choice), [turn_state], [vote_status, turn_state], api_name=f"vote_{choice}")
-            gr.on([clear.click, base_chat.clear, aligned_chat.clear], lambda: ([], [], EMPTY, EMPTY, [], [], None, ""),
-                  None, [base_chat, aligned_chat, base_badge, aligned_badge, base_state, aligned_state, turn_state, vote_status],
-                  api_name="clear")
+                button.click(
+                    partial(self.vote, choice), [turn_state], [vote_status, turn_state], api_name=f"vote_{choice}"
+                )
+            gr.on(
+                [clear.click, base_chat.clear, aligned_chat.clear],
+                lambda: ([], [], EMPTY, EMPTY, [], [], None, ""),
+                None,
+                [
+                    base_chat,
+                    aligned_chat,
+                    base_badge,
+                    aligned_badge,
+                    base_state,
+                    aligned_state,
+                    turn_state,
+                    vote_status,
+                ],
+                api_name="clear",
+            )
         return demo.queue(max_size=settings.queue_max_size, default_concurrency_limit=4)
 
     def _examples(self, prompt: gr.Textbox) -> None:
-        with gr.Accordion("⚠️ Example prompts from the evaluation sets (content warning)", open=False, elem_id="examples"):
+        with gr.Accordion(
+            "⚠️ Example prompts from the evaluation sets (content warning)", open=False, elem_id="examples"
+        ):
             gr.Markdown(CONTENT_WARNING)
             with gr.Tabs():
                 for kind, examples in load_examples(self.settings.examples_per_set).items():

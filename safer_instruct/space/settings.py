@@ -33,7 +33,9 @@ class SpaceSettings(StrictModel):
 
     base_model: str = "default"
     base_adapter: str | None = None
-    aligned_model: str | None = None  # default: BASE_MODEL when ALIGNED_ADAPTER is set, else the demo's DPO adapter if present
+    aligned_model: str | None = (
+        None  # default: BASE_MODEL when ALIGNED_ADAPTER is set, else the demo's DPO adapter if present
+    )
     aligned_adapter: str | None = None
     load_in_4bit: bool = False
     judge_model: str | None = None  # a harm judge's verdict joins each badge when set
@@ -56,7 +58,7 @@ class SpaceSettings(StrictModel):
     trusted_proxy_hops: int | None = Field(None, ge=0)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "SpaceSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SpaceSettings:
         """Settings from the environment; keyword overrides (e.g. from the CLI) win when not None."""
         environ = os.environ if environ is None else environ
         data: dict[str, Any] = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper())}
@@ -74,18 +76,26 @@ class SpaceSettings(StrictModel):
         return self.trusted_proxy_hops or 0
 
     def base_llm(self) -> LLMConfig:
-        return LLMConfig(model=self.base_model, adapter=self.base_adapter, load_in_4bit=self.load_in_4bit, batch_size=1)
+        return LLMConfig(
+            model=self.base_model, adapter=self.base_adapter, load_in_4bit=self.load_in_4bit, batch_size=1
+        )
 
     def aligned_llm(self) -> LLMConfig | None:
         """None when no aligned model is configured or made yet (the page then says how to make one)."""
         if self.aligned_model is None:
             return None
-        return LLMConfig(model=self.aligned_model, adapter=self.aligned_adapter, load_in_4bit=self.load_in_4bit, batch_size=1)
+        return LLMConfig(
+            model=self.aligned_model, adapter=self.aligned_adapter, load_in_4bit=self.load_in_4bit, batch_size=1
+        )
 
     def judge_llm(self) -> LLMConfig | None:
         if self.judge_model is None:
             return None
         if self.judge_backend == "openai":
-            return LLMConfig(backend="openai", model=self.judge_model, base_url=self.judge_base_url,
-                             api_key_env=self.judge_api_key_env)
+            return LLMConfig(
+                backend="openai",
+                model=self.judge_model,
+                base_url=self.judge_base_url,
+                api_key_env=self.judge_api_key_env,
+            )
         return LLMConfig(model=self.judge_model, load_in_4bit=self.load_in_4bit)

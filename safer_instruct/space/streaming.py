@@ -45,8 +45,10 @@ def stream_together(jobs: Sequence[tuple[LocalLLM, Prompt]], params: SamplingPar
             events.put((index, _FINISHED))
 
     texts, done = [""] * len(jobs), [False] * len(jobs)
-    threads = [threading.Thread(target=run, args=(i, llm, prompt), daemon=True, name=f"answer-{i}")
-               for i, (llm, prompt) in enumerate(jobs)]
+    threads = [
+        threading.Thread(target=run, args=(i, llm, prompt), daemon=True, name=f"answer-{i}")
+        for i, (llm, prompt) in enumerate(jobs)
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from safer_instruct.evaluate.judge import Verdict
-from safer_instruct.evaluate.refusal import is_refusal
+from safer_instruct.refusal import is_refusal
 
 PENDING = '<div class="verdicts"><span class="badge pending">generating…</span></div>'
 EMPTY = '<div class="verdicts"></div>'

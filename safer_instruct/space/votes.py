@@ -36,8 +36,14 @@ class VoteLog:
             from safer_instruct.hub.client import hub_api
 
             self.scheduler = CommitScheduler(
-                repo_id=repo_id, repo_type="dataset", folder_path=path.parent, path_in_repo="votes",
-                every=every_minutes, private=True, allow_patterns=[path.name], hf_api=hub_api(),
+                repo_id=repo_id,
+                repo_type="dataset",
+                folder_path=path.parent,
+                path_in_repo="votes",
+                every=every_minutes,
+                private=True,
+                allow_patterns=[path.name],
+                hf_api=hub_api(),
             )
 
     def append(self, choice: str, turn: dict[str, Any]) -> dict[str, Any]:

@@ -4,12 +4,12 @@ Three shapes, one per method:
 
 - ``reverse-sft``: instruction data (Alpaca's ``instruction``/``input``/``output``, or ShareGPT-style
   ``conversations`` with from/value, or ``messages`` with role/content) becomes prompt-completion rows:
-  the prompt is :data:`REVERSE_TEMPLATE` filled with the response, the completion is the instruction.
+  the prompt is the paper's reversed template (``safer_instruct.prompts.reverse``) filled with the response,
+  the completion is the instruction.
 - ``sft``: the ``chosen`` side of a preference dataset, conversational prompt-completion rows.
 - ``dpo``: ``prompt``/``chosen``/``rejected`` rows (rows whose ``rejected`` is empty are SFT-only and skipped).
 
 Every problem is reported before training starts, naming the dataset, split, row (1-based) and column.
-This module imports no torch/TRL, so the pipeline can import :data:`REVERSE_TEMPLATE` cheaply.
 """
 
 from __future__ import annotations
@@ -19,25 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.prompts import as_data
+from safer_instruct.prompts.reverse import reverse_prompt
 
 logger = logging.getLogger(__name__)
-
-# The reversed-instruction template, verbatim from the paper (arXiv 2311.08685). The one copy in the kit.
-REVERSE_TEMPLATE = (
-    "Below is a response to a certain instruction. Write the instruction that the response is trying to complete."
-    "\n\n### response:\n{output}\n\n### Instruction:\n"
-)
 
 METHODS = ("reverse-sft", "sft", "dpo")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-def reverse_prompt(output: str) -> str:
-    """The paper's reversed prompt for one response (its chat-template markers broken: the response is data)."""
-    return REVERSE_TEMPLATE.format(output=as_data(output))
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -66,7 +55,9 @@ def load_splits(dataset_name: str, dataset_config: str | None = None):
     except SaferInstructError:
         raise
     except Exception as err:  # datasets raises many types; the user needs the name and the reason
-        raise SaferInstructError(f"dataset {dataset_name!r}: could not be loaded: {type(err).__name__}: {err}") from err
+        raise SaferInstructError(
+            f"dataset {dataset_name!r}: could not be loaded: {type(err).__name__}: {err}"
+        ) from err
 
 
 def _parquet_splits(folder: Path) -> dict[str, list[str]]:
@@ -155,7 +146,9 @@ def reverse_row(row: dict[str, Any], eos_token: str) -> dict[str, str]:
     elif "conversations" in row or "messages" in row:
         instruction, output = _sharegpt_pair(row, "conversations" if "conversations" in row else "messages")
     else:
-        raise RowError("instruction", "missing: expected instruction/output (Alpaca) or conversations/messages (ShareGPT)")
+        raise RowError(
+            "instruction", "missing: expected instruction/output (Alpaca) or conversations/messages (ShareGPT)"
+        )
     return {"prompt": reverse_prompt(output), "completion": instruction + eos_token}
 
 
@@ -230,7 +223,9 @@ def _check_renders(example: dict, tokenizer, where: str) -> None:
     if "messages" in example:
         conversations = {"messages": example["messages"]}
     elif isinstance(example.get("prompt"), list):
-        conversations = {col: example["prompt"] + example[col] for col in ("completion", "chosen", "rejected") if col in example}
+        conversations = {
+            col: example["prompt"] + example[col] for col in ("completion", "chosen", "rejected") if col in example
+        }
     else:
         return
     for column, messages in conversations.items():
@@ -247,8 +242,9 @@ def _check_renders(example: dict, tokenizer, where: str) -> None:
             ) from err
 
 
-def prepare_datasets(method: str, dataset_name: str, dataset_config: str | None, splits: dict[str, str], tokenizer,
-                     loaded=None):
+def prepare_datasets(
+    method: str, dataset_name: str, dataset_config: str | None, splits: dict[str, str], tokenizer, loaded=None
+):
     """Load, check and shape the requested splits: ``{"train": "train", "eval": "test"}`` -> Datasets.
 
     ``loaded``: a DatasetDict loaded already (e.g. TRL's dataset mixture), named ``dataset_name`` in errors."""

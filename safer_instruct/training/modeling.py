@@ -78,8 +78,10 @@ def build(source: ModelSource, model_args, training_args):
 
     quantization = get_quantization_config(model_args)
     if source.adapter is None:
-        training_args.model_init_kwargs = {**init_kwargs(model_args, quantization is not None),
-                                           **(training_args.model_init_kwargs or {})}
+        training_args.model_init_kwargs = {
+            **init_kwargs(model_args, quantization is not None),
+            **(training_args.model_init_kwargs or {}),
+        }
         return source.base, quantization, get_peft_config(model_args)
     if not model_args.use_peft:
         raise SaferInstructError(

@@ -22,16 +22,22 @@ class TrainScriptArguments(ScriptArguments):
 
     merge: bool = field(
         default=False,
-        metadata={"help": "Also save the base model with the adapter merged in, to <output_dir>/merged (with tokenizer)."},
+        metadata={
+            "help": "Also save the base model with the adapter merged in, to <output_dir>/merged (with tokenizer)."
+        },
     )
     chat_template_file: str | None = field(
         default=None,
-        metadata={"help": "A Jinja chat template file for models without one (e.g. Alpaca); saved with the tokenizer."},
+        metadata={
+            "help": "A Jinja chat template file for models without one (e.g. Alpaca); saved with the tokenizer."
+        },
     )
     lm_head_chunk_size: int | None = field(
         default=None,
-        metadata={"help": "Vocabulary columns per tile of TRL's fused LM head (None: TRL's 32768). On CPU each tile "
-                  "makes several float32 tokens x columns temporaries: 4096 lowers peak memory and speeds steps up."},
+        metadata={
+            "help": "Vocabulary columns per tile of TRL's fused LM head (None: TRL's 32768). On CPU each tile "
+            "makes several float32 tokens x columns temporaries: 4096 lowers peak memory and speeds steps up."
+        },
     )
 
     def __post_init__(self):
@@ -115,7 +121,8 @@ def parse_recipe(
         read_yaml(origin)  # a broken YAML file is named with its line, before TRL reads it
     try:
         *parsed, from_config, from_args = parser.parse_args_and_config(
-            resolve_bf16_override(args), return_remaining_strings=True, separate_remaining_strings=True)
+            resolve_bf16_override(args), return_remaining_strings=True, separate_remaining_strings=True
+        )
     except (ValueError, TypeError) as err:
         raise SaferInstructError(f"{origin}: invalid training arguments: {err}") from err
     unknown += from_config
@@ -126,8 +133,10 @@ def parse_recipe(
         raise SaferInstructError(f"unknown training argument(s) for {method}: {' '.join(from_args)}")
     script_args, training_args, model_args, dataset_args = parsed
     if not script_args.dataset_name and not dataset_args.datasets:
-        raise SaferInstructError(f"{origin}: dataset_name is required (a .jsonl/.csv/.parquet file, a folder or a Hub id), "
-                                 "or a `datasets:` mixture")
+        raise SaferInstructError(
+            f"{origin}: dataset_name is required (a .jsonl/.csv/.parquet file, a folder or a Hub id), "
+            "or a `datasets:` mixture"
+        )
     if not model_args.model_name_or_path:
         raise SaferInstructError(f"{origin}: model_name_or_path is required ('default', a folder or a Hub id)")
     return script_args, training_args, model_args, dataset_args

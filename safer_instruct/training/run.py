@@ -34,7 +34,9 @@ def train(method: str, recipe: str | Path | dict[str, Any] | None, overrides: Se
     _refuse_hub_push(training_args)
     configure_threads()
     if Path(training_args.output_dir).exists() and not Path(training_args.output_dir).is_dir():
-        raise SaferInstructError(f"--output_dir {training_args.output_dir}: exists and is not a folder; choose another")
+        raise SaferInstructError(
+            f"--output_dir {training_args.output_dir}: exists and is not a folder; choose another"
+        )
     source = modeling.locate(model_args.model_name_or_path)
     tokenizer = modeling.load_tokenizer(source, script_args.chat_template_file)
     splits = {"train": script_args.dataset_train_split}

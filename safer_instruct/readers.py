@@ -99,7 +99,9 @@ def _text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise SaferInstructError(f"{path}, line {line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from None
+        raise SaferInstructError(
+            f"{path}, line {line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})"
+        ) from None
 
 
 def _read_jsonl(path: Path, text: str) -> list[Row]:
@@ -110,7 +112,9 @@ def _read_jsonl(path: Path, text: str) -> list[Row]:
         try:
             values = json.loads(line)
         except json.JSONDecodeError as err:
-            raise SaferInstructError(f"{path}, line {number}: malformed JSON: {err.msg} (column {err.colno})") from None
+            raise SaferInstructError(
+                f"{path}, line {number}: malformed JSON: {err.msg} (column {err.colno})"
+            ) from None
         if not isinstance(values, dict):
             raise SaferInstructError(f"{path}, line {number}: expected a JSON object, got {type(values).__name__}")
         rows.append(Row(f"{path}, line {number}", values))
@@ -140,7 +144,9 @@ def _read_csv(path: Path, text: str) -> list[Row]:
             if not any(cell.strip() for cell in cells):
                 continue
             if len(cells) != len(header):
-                raise SaferInstructError(f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(cells)}")
+                raise SaferInstructError(
+                    f"{where}: expected {len(header)} fields ({', '.join(header)}), got {len(cells)}"
+                )
             rows.append(Row(where, dict(zip(header, cells))))
     except csv.Error as err:
         raise SaferInstructError(f"{path}, line {reader.line_num}: malformed CSV: {err}") from None

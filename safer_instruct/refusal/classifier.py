@@ -1,0 +1,267 @@
+"""The shipped three-way refusal classifier: multinomial logistic regression over sparse text features.
+
+Features of an answer: its word 1-2-grams (``w``), the phrase-rule cues of ``refusal.cues`` (``c``: a
+decline and where it sits, a turn to compliance, a safe alternative, what is delivered beside a
+decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the phrase rules' own
+three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection).
+Two heads share these features: one is fitted on the answers alone and one on the answers with their
+requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
+request when the request is known. Weights are learned with numpy (full-batch Adam from zero, L2: deterministic) on the development set only,
+and shipped as ``refusal_v2.json``.
+
+The development set (``data/refusal_labelled_dev.jsonl``) holds v1's development half, v1's test
+half (folded in once a fresh test set existed: it had been scored twice and shared its author's
+habits with dev, so it no longer measured anything new) and the rows v2 added for the weak styles.
+The test set (``data/refusal_labelled_test_v2.jsonl``) was written apart, in other voices, before
+any v2 change, and is only scored, never trained or tuned on.
+
+Retrain (rewrites the shipped file)::
+
+    python -m safer_instruct.refusal.classifier [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.readers import read_rows, text_field
+from safer_instruct.refusal import LABELS, RefusalLabel, canonical, cues, prompt_cues, rule_label
+
+DATA_DIR = Path(__file__).parent / "data"
+DEV_SET = DATA_DIR / "refusal_labelled_dev.jsonl"
+TEST_SET = DATA_DIR / "refusal_labelled_test_v2.jsonl"
+WEIGHTS = Path(__file__).parent / "refusal_v2.json"
+_TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the weights are fitted; the defaults are the shipped ones (chosen by cross-validation on dev)."""
+
+    families: tuple[str, ...] = ("w", "c", "p")  # word n-grams, phrase cues, request cues
+    min_count: int = 2  # a feature must occur in this many training answers
+    l2: float = 1e-3
+    steps: int = 400
+    learning_rate: float = 0.05
+
+
+@dataclass(frozen=True)
+class LabelledCase:
+    """One row of a labelled refusal set."""
+
+    prompt: str
+    completion: str
+    label: RefusalLabel
+    style: str
+    voice: str
+
+
+def load_cases(path: str | Path) -> list[LabelledCase]:
+    """A labelled refusal set (JSONL: ``prompt``, ``completion``, ``label``, ``style``, ``voice``)."""
+    cases = []
+    for row in read_rows(path):
+        label = text_field(row, "label")
+        if label not in LABELS:
+            raise SaferInstructError(f"{row.where}: field `label` must be one of {', '.join(LABELS)}, got {label!r}")
+        cases.append(
+            LabelledCase(
+                prompt=text_field(row, "prompt"),
+                completion=text_field(row, "completion", required=False),
+                label=label,
+                style=text_field(row, "style"),
+                voice=text_field(row, "voice"),
+            )
+        )
+    return cases
+
+
+def features(text: str, families: Sequence[str] = TrainConfig.families, prompt: str = "") -> set[str]:
+    """The feature names present in one answer (to ``prompt``, when known), from the given families."""
+    norm = canonical(text)
+    tokens = _TOKEN.findall(norm)
+    found: set[str] = set()
+    if "w" in families:
+        found |= {f"w:{t}" for t in tokens} | {f"w:{a} {b}" for a, b in zip(tokens, tokens[1:])}
+    if "c" in families:
+        found |= {f"c:{cue}" for cue in cues(text)}
+    if "p" in families and prompt.strip():
+        found |= {f"p:{cue}" for cue in prompt_cues(prompt, text)} | {f"p:rules_{rule_label(norm, prompt)}"}
+    return found
+
+
+class SoftmaxHead:
+    """Feature weights per label over one view of an answer (alone, or with its request)."""
+
+    def __init__(self, vocabulary: Sequence[str], weights: np.ndarray, bias: np.ndarray) -> None:
+        self.families = tuple(sorted({name.split(":", 1)[0] for name in vocabulary}))
+        self.vocabulary = list(vocabulary)
+        self.index = {name: i for i, name in enumerate(self.vocabulary)}
+        self.weights = weights.astype(np.float32)
+        self.bias = bias.astype(np.float32)
+
+    def matrix(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+        """Binary feature matrix (answers × vocabulary)."""
+        rows = np.zeros((len(texts), len(self.vocabulary)), dtype=np.float32)
+        for row, (text, prompt) in enumerate(zip(texts, prompts)):
+            columns = [self.index[f] for f in features(text, self.families, prompt) if f in self.index]
+            rows[row, columns] = 1.0
+        return rows
+
+    def probabilities(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+        return _softmax(self.matrix(texts, prompts) @ self.weights + self.bias)
+
+    def to_json(self) -> dict:
+        """Rounded to 4 decimals; features with all-zero weights dropped."""
+        keep = np.abs(self.weights).max(axis=1) >= 5e-5
+        return {
+            "vocabulary": [v for v, k in zip(self.vocabulary, keep) if k],
+            "weights": np.round(self.weights[keep], 4).tolist(),
+            "bias": np.round(self.bias, 4).tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> SoftmaxHead:
+        vocabulary, weights, bias = data["vocabulary"], np.array(data["weights"]), np.array(data["bias"])
+        if weights.shape != (len(vocabulary), len(LABELS)):
+            raise ValueError(
+                f"weight shape {weights.shape} does not match {len(vocabulary)} features x {len(LABELS)} labels"
+            )
+        return cls(vocabulary, weights, bias)
+
+
+class RefusalClassifier:
+    """Two heads: one reads an answer alone, one an answer with its request (a deflection needs the request to be
+    seen); ``predict`` gives the most probable label of each answer, from the head its row's view calls for."""
+
+    def __init__(self, answers: SoftmaxHead, prompted: SoftmaxHead, meta: dict | None = None) -> None:
+        self.answers, self.prompted, self.meta = answers, prompted, meta or {}
+
+    def probabilities(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> np.ndarray:
+        """Per answer, the probability of each label in ``LABELS`` order."""
+        prompts = list(prompts) if prompts is not None else [""] * len(texts)
+        if len(prompts) != len(texts):
+            raise SaferInstructError(f"{len(texts)} answers but {len(prompts)} prompts")
+        out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
+        with_prompt = [bool(prompt.strip()) for prompt in prompts]
+        for head, wanted in ((self.prompted, True), (self.answers, False)):
+            rows = [i for i, given in enumerate(with_prompt) if given is wanted]
+            if rows:
+                out[rows] = head.probabilities([texts[i] for i in rows], [prompts[i] for i in rows])
+        return out
+
+    def predict(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> list[RefusalLabel]:
+        """The label of each answer (the request, when given, helps spot deflections); an empty answer is a full refusal."""
+        if not texts:
+            return []
+        best = self.probabilities(texts, prompts).argmax(axis=1)
+        return [LABELS[i] if text.strip() else "full_refusal" for i, text in zip(best, texts)]
+
+    def save(self, path: str | Path) -> None:
+        data = {
+            **self.meta,
+            "labels": list(LABELS),
+            "answers_only": self.answers.to_json(),
+            "with_prompts": self.prompted.to_json(),
+        }
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path = WEIGHTS) -> RefusalClassifier:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if tuple(data.get("labels", ())) != LABELS:
+                raise ValueError(f"labels are not {', '.join(LABELS)}")
+            answers, prompted = (
+                SoftmaxHead.from_json(data.pop("answers_only")),
+                SoftmaxHead.from_json(data.pop("with_prompts")),
+            )
+        except (OSError, ValueError, KeyError, AttributeError) as err:
+            raise SaferInstructError(f"{path}: not a readable refusal classifier ({err})") from err
+        return cls(answers, prompted, data)
+
+
+@lru_cache(maxsize=1)
+def default_classifier() -> RefusalClassifier:
+    """The shipped classifier, loaded once."""
+    return RefusalClassifier.load(WEIGHTS)
+
+
+def train(cases: Sequence[LabelledCase], config: TrainConfig = TrainConfig()) -> RefusalClassifier:
+    """Fit both heads, each on its own view of every case (the answer alone; the answer with its request);
+    deterministic for the same cases and config."""
+    texts, labels = [c.completion for c in cases], [c.label for c in cases]
+    return RefusalClassifier(
+        fit_head(texts, [""] * len(cases), labels, config), fit_head(texts, [c.prompt for c in cases], labels, config)
+    )
+
+
+def fit_head(texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig) -> SoftmaxHead:
+    """One head over the features seen in at least ``config.min_count`` of the answers."""
+    counts: Counter[str] = Counter()
+    for text, prompt in zip(texts, prompts):
+        counts.update(features(text, config.families, prompt))
+    vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
+    head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)))
+    head.weights, head.bias = fit_softmax(head.matrix(texts, prompts), labels, config)
+    return head
+
+
+def fit_softmax(x: np.ndarray, labels: Sequence[str], config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias of a softmax regression on rows ``x`` (full-batch Adam from zero, L2 on the weights)."""
+    y = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(label) for label in labels]]
+    params = [np.zeros((x.shape[1], len(LABELS)), dtype=np.float32), np.zeros(len(LABELS), dtype=np.float32)]
+    moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    for step in range(1, config.steps + 1):
+        error = (_softmax(x @ params[0] + params[1]) - y) / len(x)
+        grads = [x.T @ error + config.l2 * params[0], error.sum(axis=0)]
+        for param, grad, (m, v) in zip(params, grads, moments):
+            m *= 0.9
+            m += 0.1 * grad
+            v *= 0.999
+            v += 0.001 * grad * grad
+            param -= config.learning_rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    return params[0], params[1]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train on the development split and write the weights file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(WEIGHTS), help="where to write the weights (default: the shipped file)")
+    args = parser.parse_args(argv)
+    cases = load_cases(DEV_SET)
+    config = TrainConfig()
+    model = train(cases, config)
+    model.meta = {
+        "version": 2,
+        "trained_on": DEV_SET.name,
+        "trained_on_sha256": file_sha256(DEV_SET),
+        "train_config": {**config.__dict__, "families": list(config.families)},
+        "n": len(cases),
+    }
+    model.save(args.out)
+    sizes = f"{len(model.answers.vocabulary)} + {len(model.prompted.vocabulary)} features"
+    print(f"{args.out}: {sizes} from {len(cases)} answers of {DEV_SET.name}")
+
+
+if __name__ == "__main__":
+    main()
