@@ -615,3 +615,25 @@ def test_calibrated_bar_reaches_the_provenance(tmp_path: Path, monkeypatch: pyte
         if r["kind"] == "safety"
     }
     assert kept_if == {"P(unsafe) >= 0.680001"}  # one benign prompt (0.69) of ten may pass
+
+
+@pytest.mark.usefixtures("no_plots")
+def test_with_the_probe_the_calibrated_and_category_bars_are_set_on_its_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One P(unsafe) per build: the bars that calibration and the category shares set must be on the probe's scale."""
+    probe = {"path": requests_file(tmp_path / "requests.jsonl"), "min_agreement": 0.9}
+    benign = [{"prompt": f"Is it fine to bake bread on day {n}?"} for n in range(10)]
+    calibration = {"path": write_jsonl(tmp_path / "benign.jsonl", benign), "max_pass_rate": 0.1}
+    models = use_fakes(
+        monkeypatch, *fakes(judge={"features": {"steal": 8.0, "insult": 8.0}, "feature_layers": [3], "layers": 6})
+    )
+    config = tiny_config(
+        tmp_path, filter__probe=probe, filter__calibration=calibration, filter__min_keep_per_category=0.5
+    )
+    result = build(config, tmp_path / "run")
+    assert not models["judge"].prompts("decide")  # neither bar asked the prompted judge
+    assert any(
+        "bread on day" in str(p) for p in models["judge"].prompts("hidden_states")
+    )  # calibration read the probe
+    assert result.funnel["stages"]["filter"]["out"] >= 2

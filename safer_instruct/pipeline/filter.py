@@ -89,18 +89,32 @@ def probe_decisions(probe: Probe, llm: LLM, instructions: Sequence[str]) -> list
     ]
 
 
-def unsafe_scores(llm: LLM, config: FilterConfig, instructions: Sequence[str]) -> list[float | None]:
-    """The judge's P(unsafe) for each instruction; None where its verdict could not be parsed."""
+def verdicts(
+    llm: LLM, config: FilterConfig, instructions: Sequence[str], probe: Probe | None = None
+) -> tuple[list[Decision], dict[str, Any]]:
+    """The judge's unsafe/safe decision on each instruction (the probe's when given), and what decided them."""
+    if probe is not None:
+        return probe_decisions(probe, llm, instructions), {"probe": probe.figures}
     template = load_template(config.template)
-    decisions = llm.decide([template.render(instruction=text) for text in instructions], LABELS)
+    prompts = [template.render(instruction=text) for text in instructions]
+    return (llm.decide(prompts, LABELS) if prompts else []), {"template": template.name, "template_sha": template.sha}
+
+
+def unsafe_scores(
+    llm: LLM, config: FilterConfig, instructions: Sequence[str], probe: Probe | None = None
+) -> list[float | None]:
+    """The judge's P(unsafe) for each instruction; None where its verdict could not be parsed."""
+    decisions, _ = verdicts(llm, config, instructions, probe)
     return [probability_of(d, "unsafe") if d.ok else None for d in decisions]
 
 
-def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequence[str]) -> float:
+def calibrated_threshold(
+    llm: LLM, config: FilterConfig, benign_prompts: Sequence[str], probe: Probe | None = None
+) -> float:
     """The configured threshold, raised until at most ``max_pass_rate`` of the known-benign prompts would pass."""
     if config.calibration is None or not benign_prompts:
         return config.threshold
-    scores = sorted((p for p in unsafe_scores(llm, config, benign_prompts) if p is not None), reverse=True)
+    scores = sorted((p for p in unsafe_scores(llm, config, benign_prompts, probe) if p is not None), reverse=True)
     allowed = int(config.calibration.max_pass_rate * len(scores))  # this many may still reach the bar
     bar = scores[allowed] + 1e-6 if allowed < len(scores) else 0.0  # just above the first benign prompt that must fail
     return round(max(config.threshold, min(bar, 1.0)), 6)
@@ -109,12 +123,10 @@ def calibrated_threshold(llm: LLM, config: FilterConfig, benign_prompts: Sequenc
 def response_gains(llm: LLM, config: ResponseMatchConfig, records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Per record key: log P(response | instruction) - log P(response | neutral instruction), per response token."""
     responses = sorted({record["response"] for record in records})
-    neutral = llm.loglikelihood(
-        [[{"role": "user", "content": config.neutral_instruction}]] * len(responses), responses
-    )
+    neutral = llm.loglikelihood([as_prompt(config.neutral_instruction)] * len(responses), responses)
     baseline = {response: score.logprob for response, score in zip(responses, neutral)}
     given = llm.loglikelihood(
-        [[{"role": "user", "content": record["instruction"]}] for record in records],
+        [as_prompt(record["instruction"]) for record in records],
         [record["response"] for record in records],
     )
     return {
@@ -143,22 +155,21 @@ def response_match(llm: LLM, config: FilterConfig, records: Sequence[dict[str, A
 
 
 def category_thresholds(
-    llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]], threshold: float
+    llm: LLM, config: FilterConfig, records: Sequence[dict[str, Any]], threshold: float, probe: Probe | None = None
 ) -> dict[str, float]:
     """Per source category: ``threshold``, lowered where it keeps less than ``min_keep_per_category`` of the category."""
     if config.min_keep_per_category is None:
         return {}
     scores: dict[str, list[float]] = defaultdict(list)
-    for record, p in zip(records, unsafe_scores(llm, config, [record["instruction"] for record in records])):
+    for record, p in zip(records, unsafe_scores(llm, config, [record["instruction"] for record in records], probe)):
         if p is not None:
             scores[record["category"]].append(p)
     bars = {}
     for category, values in scores.items():
         values.sort(reverse=True)
         share_bar = values[math.ceil(config.min_keep_per_category * len(values)) - 1]
-        bars[category] = min(
-            threshold, math.floor(share_bar * 1e6) / 1e6
-        )  # floored: the share's last item still passes
+        floored = math.floor(share_bar * 1e6) / 1e6  # floored: the share's last item still passes
+        bars[category] = min(threshold, floored)
     return bars
 
 
@@ -178,16 +189,8 @@ def process(
     with ``probe``, the probe judges instead of the judge's prompted verdict.
     """
     to_judge = [(seq, record) for seq, record in batch if kept_by(match, record)]
-    instructions = [record["instruction"] for _, record in to_judge]
-    if probe is not None:
-        decisions = probe_decisions(probe, llm, instructions)
-        provenance = {"model": model_id, "probe": probe.figures}
-    else:
-        template = load_template(config.template)
-        decisions = (
-            llm.decide([template.render(instruction=text) for text in instructions], LABELS) if instructions else []
-        )
-        provenance = {"model": model_id, "template": template.name, "template_sha": template.sha}
+    decisions, decided_by = verdicts(llm, config, [record["instruction"] for _, record in to_judge], probe)
+    provenance = {"model": model_id, **decided_by}
     thresholds = [category_bars.get(record["category"], threshold) for _, record in to_judge]
     judged = judge(to_judge, decisions, "unsafe", thresholds, STAGE, "judged_safe", provenance)
     if match:

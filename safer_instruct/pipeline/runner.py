@@ -245,11 +245,13 @@ class Build:
         )
         probe = functools.cache(
             lambda llm: (
-                config.filter.probe and judge_probe.train_probe(llm, config.filter.probe, inputs.judge_requests)
+                judge_probe.train_probe(llm, config.filter.probe, inputs.judge_requests)
+                if config.filter.probe
+                else None
             )
         )
         threshold = functools.cache(
-            lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts)
+            lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts, probe(llm))
         )
         induced = functools.cache(
             lambda: self.store.outputs(induce_stage.STAGE)
@@ -257,7 +259,7 @@ class Build:
         match = functools.cache(lambda llm: filter_stage.response_match(llm, config.filter, induced()))
         category_bars = functools.cache(
             lambda llm: filter_stage.category_thresholds(
-                llm, config.filter, filter_stage.matched(induced(), match(llm)), threshold(llm)
+                llm, config.filter, filter_stage.matched(induced(), match(llm)), threshold(llm), probe(llm)
             )
         )
         self._model_stage(
@@ -266,7 +268,7 @@ class Build:
             "induce",
             config.judge,
             lambda b, llm: filter_stage.process(
-                b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm), probe(llm) or None
+                b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm), probe(llm)
             ),
             info=lambda llm: {"probe": probe(llm).figures} if config.filter.probe else None,
         )
