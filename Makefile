@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -> creates .venv, installs the kit, runs the offline end-to-end demo
-#   make test   -> creates .venv, installs the kit and test tools, runs the test suite
+#   make test   -> creates .venv, installs the kit and test tools, runs ruff and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from common import child_result, rss_mb, write_report
 
+from safer_instruct.training import METHODS
+
 RECIPES = Path("training/recipes/smollm2-135m")
-RECIPE_FILES = {"reverse-sft": "reverse_sft.yaml", "sft": "sft.yaml", "dpo": "dpo.yaml"}
 
 
 def run_side(args) -> dict:
@@ -34,7 +35,7 @@ def run_side(args) -> dict:
             overrides += ["--model_name_or_path", str(Path(args.run_dir) / "models" / "sft")]
         if args.child:
             overrides += ["--lm_head_chunk_size", str(args.child)]
-        result = train(args.method, RECIPES / RECIPE_FILES[args.method], overrides)
+        result = train(args.method, RECIPES / f"{args.method.replace('-', '_')}.yaml", overrides)
     summary = result.metrics["summary"]
     return {
         "lm_head_chunk_size": args.child or "TRL default",
@@ -47,7 +48,7 @@ def run_side(args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/demo", help="a finished demo run (its dataset and SFT adapter)")
-    parser.add_argument("--method", choices=sorted(RECIPE_FILES), default="dpo")
+    parser.add_argument("--method", choices=METHODS, default="dpo")
     parser.add_argument("--lm-head-chunk-size", type=int, default=4096)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -63,7 +64,7 @@ def main() -> int:
     narrow, wide = sides["narrow_tile"], sides["trl_tile"]
     report = {
         "bench": "lm_head_tile",
-        "recipe": str(RECIPES / RECIPE_FILES[args.method]),
+        "recipe": str(RECIPES / f"{args.method.replace('-', '_')}.yaml"),
         "run_dir": args.run_dir,
         "machine": platform.machine(),
         **sides,

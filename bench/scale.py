@@ -33,9 +33,10 @@ from typing import Any
 
 import yaml
 
+from safer_instruct.pipeline.runner import MODEL_STAGES
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODEL_STAGES = ("induce", "filter", "respond", "self_evaluate")
 CATEGORIES = ("hate", "dangerous", "illegal", "self-harm")
 VOCABULARY = [
     f"{stem}{suffix}"
@@ -153,7 +154,7 @@ def run_child(config_path: Path, run_dir: Path) -> dict[str, Any]:
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_s": round(time.perf_counter() - start, 2)}
 
 
-def summarise(run: dict[str, Any], first: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarise(run: dict[str, Any]) -> dict[str, Any]:
     """Items/s per stage, requests/s through the model stages, the kit's share of wall time."""
     stages = run["stages"]
     requests = sum(stages[name]["requests"] for name in MODEL_STAGES)

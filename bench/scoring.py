@@ -2,10 +2,11 @@
 
 (a) ``dev_cv``: every candidate, 5-fold cross-validation on the development set (folds
     stratified by style, seeded): the choice of scorer and of its settings is made here only.
-(b) ``test``: each candidate trained on the whole development set, scored on the test set
-    (``refusal_labelled_test_v2.jsonl``: written apart, in five other voices, before any v2
-    change; v1's test half is now part of dev): three-way accuracy and Cohen's kappa, the binary
-    reading (refusal = full or partial), accuracy per style and per model voice, and answers/s.
+(b) ``scorers``: each candidate trained on the whole development set, scored on each test set
+    (``refusal_labelled_test_v2.jsonl``: five voices, written before any v2 change;
+    ``refusal_labelled_test_v3.jsonl``: four other voices, written before any v3 change, after v2's
+    weak styles had been studied on v2): three-way accuracy and Cohen's kappa, the binary reading
+    (refusal = full or partial), accuracy per style and per model voice; and answers/s.
 
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
 logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
@@ -32,7 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_report  # noqa: E402
 
 from safer_instruct.refusal import LABELS, classifier, rule_refusal  # noqa: E402
-from safer_instruct.refusal.classifier import DEV_SET, TEST_SET, LabelledCase, TrainConfig, fit_softmax, load_cases  # noqa: E402
+from safer_instruct.refusal.classifier import (  # noqa: E402
+    DEV_SET,
+    TEST_SETS,
+    LabelledCase,
+    TrainConfig,
+    fit_softmax,
+    load_cases,
+)
 
 Predict = Callable[[Sequence[str], Sequence[str] | None], list[str]]  # (answers, prompts or None) -> labels
 Fit = Callable[[list[LabelledCase]], Predict]
@@ -183,7 +191,7 @@ def main() -> None:
     )
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
-    dev, test = load_cases(DEV_SET), load_cases(TEST_SET)
+    dev, tests = load_cases(DEV_SET), {path.stem.rsplit("_", 1)[-1]: load_cases(path) for path in TEST_SETS}
     full = TrainConfig.families
     candidates: dict[str, tuple[Fit, bool]] = {  # name -> (learner, given the prompts)
         "phrase rules (earlier detector)": (fit_rules, False),
@@ -197,23 +205,27 @@ def main() -> None:
     report: dict = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
         "dev": {"file": DEV_SET.name, "n": len(dev)},
-        "test": {"file": TEST_SET.name, "n": len(test)},
+        "test": {name: {"file": path.name, "n": len(tests[name])} for name, path in zip(tests, TEST_SETS)},
         "dev_cv": {},
         "scorers": {},
     }
-    texts = [c.completion for c in test]
     for name, (fit, with_prompts) in candidates.items():
         print(f"{name}: cross-validating on dev", file=sys.stderr, flush=True)
         report["dev_cv"][name] = cross_validate(fit, dev, with_prompts)
         if args.dev_only:
             continue
-        predict, prompts = fit(dev), [c.prompt for c in test] if with_prompts else None
-        report["scorers"][name] = figures(test, predict(texts, prompts))
+        predict, scored = fit(dev), {}
+        for test_name, test in tests.items():
+            texts, prompts = [c.completion for c in test], [c.prompt for c in test] if with_prompts else None
+            scored[test_name] = figures(test, predict(texts, prompts))
+        texts = [c.completion for c in tests["v3"]]
+        prompts = [c.prompt for c in tests["v3"]] if with_prompts else None
         if isinstance(fit, HiddenHead):  # time the model pass too: once, on answers it has not seen yet
             fit.states.cache.clear()
-            report["scorers"][name]["answers_per_s"] = timed(predict, texts[:64], None, repeats=1)
+            scored["answers_per_s"] = timed(predict, texts[:64], None, repeats=1)
         else:
-            report["scorers"][name]["answers_per_s"] = timed(predict, texts, prompts)
+            scored["answers_per_s"] = timed(predict, texts, prompts)
+        report["scorers"][name] = scored
     write_report(report, args.json)
 
 

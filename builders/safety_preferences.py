@@ -1,6 +1,6 @@
 """Build the Safer-Instruct safety preference dataset from a config (same as `safer-instruct build`).
 
-python builders/safety_preferences.py builders/configs/demo.yaml [--run-dir runs/demo] [KEY=VALUE ...]
+python builders/safety_preferences.py --config builders/configs/demo.yaml [--run-dir runs/demo] [KEY=VALUE ...]
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Each subcommand has a ``_add_<name>`` (its arguments) and a ``_run_<name>`` (the call into the
 library). A ``SaferInstructError`` is printed without a traceback (unless ``--debug``), exit code 2.
+A subcommand that reads a config file takes it one way, ``--config PATH``, then overrides (``CONFIG_WAY``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,22 @@ from typing import Callable, Sequence
 from safer_instruct import __version__
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.resources import local_or_kit
+from safer_instruct.training import METHODS
 
 Handler = Callable[[argparse.Namespace], int]
+CONFIG_WAY = (
+    "A subcommand that reads a config file (build, eval, train) takes it as --config PATH, followed by "
+    "overrides of its fields: dotted KEY=VALUE for build and eval (induce.candidates=2), TRL's --flag VALUE "
+    "for train's recipe (--max_steps 10, as the training/sft.py script takes them)."
+)
+
+
+def _add_config(parser: argparse.ArgumentParser, what: str, example: str) -> None:
+    """``--config PATH`` and dotted ``KEY=VALUE`` overrides: how build and eval take their pydantic config."""
+    parser.add_argument("--config", required=True, metavar="PATH", help=f"{what} YAML, e.g. {example}")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides of the config's fields by dotted path"
+    )
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -50,11 +65,11 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- subcommands filled by their own issues --------------------------------------------------------
+# -- build, train, eval, score, publish, access, space, demo ---------------------------------------
 def _add_build(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="pipeline config YAML, e.g. builders/configs/demo.yaml")
+    parser.epilog = "e.g. safer-instruct build --config builders/configs/demo.yaml induce.candidates=2"
+    _add_config(parser, "pipeline config", "builders/configs/demo.yaml")
     parser.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. induce.candidates=2")
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -73,8 +88,14 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", choices=["reverse-sft", "sft", "dpo"])
-    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and TRL-style overrides")
+    parser.epilog = "e.g. safer-instruct train sft --config training/recipes/smollm2-135m/sft.yaml --max_steps 10"
+    parser.add_argument("method", choices=METHODS)
+    parser.add_argument(
+        "script_args",
+        nargs=argparse.REMAINDER,
+        metavar="--config PATH [--flag VALUE ...]",
+        help="the recipe YAML, then TRL's overrides of its fields (parsed by TRL, as the training/*.py scripts do)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -84,12 +105,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, help="evaluation config YAML, e.g. safer_instruct/evaluate/configs/demo.yaml"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. out_dir=runs/x sets.unsafe.limit=5"
-    )
+    parser.epilog = "e.g. safer-instruct eval --config safer_instruct/evaluate/configs/demo.yaml sets.unsafe.limit=5"
+    _add_config(parser, "evaluation config", "safer_instruct/evaluate/configs/demo.yaml")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -283,7 +300,7 @@ def _add_space(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--base", help="base model (default: BASE_MODEL or the embedded default model)")
     parser.add_argument(
-        "--aligned", help="aligned model folder or Hub id (default: ALIGNED_MODEL or runs/demo/models/dpo)"
+        "--aligned", help="aligned model folder or Hub id (default: ALIGNED_MODEL or runs/demo/models/aligned)"
     )
     parser.add_argument("--aligned-adapter", help="PEFT adapter over the base model, as the aligned model")
     parser.add_argument("--judge", help="harm judge model whose verdict joins each badge (default: none)")
@@ -368,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safer-instruct",
         description="Safer-Instruct (arXiv 2311.08685): build a safety preference dataset, align a model, release both.",
+        epilog=CONFIG_WAY,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

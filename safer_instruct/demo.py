@@ -68,21 +68,27 @@ def repo_ids(org: str | None) -> dict[str, str]:
 
 
 def check_kit_files() -> None:
-    """The demo's configs and data: the working directory's, else the installed kit's."""
+    """Raise when the demo's configs and data are in neither the working directory nor the installed kit."""
     missing = [p for p in (PIPELINE_CONFIG, RECIPES) if not local_or_kit(p).exists()]
     if missing:
         raise SaferInstructError(f"the kit's demo files are missing (reinstall the kit): {', '.join(missing)}")
 
 
-def build_dataset(options: DemoOptions, console: Console) -> Path:
+def pipeline_config(options: DemoOptions) -> Any:
+    """The build's config: the kit's demo config with the run's seed and precision (``--tiny``: shrunk)."""
     from safer_instruct.pipeline.config import load_pipeline_config
-    from safer_instruct.pipeline.runner import build
 
     config = use_kit_files(load_pipeline_config(local_or_kit(PIPELINE_CONFIG)))
     apply_seed_and_precision(config, options)
     if options.tiny:
         shrink_pipeline(config)
-    result = build(config, options.run_dir, console)
+    return config
+
+
+def build_dataset(options: DemoOptions, console: Console) -> Path:
+    from safer_instruct.pipeline.runner import build
+
+    result = build(pipeline_config(options), options.run_dir, console)
     failed = {stage: len(messages) for stage, messages in result.funnel["failures"].items() if messages}
     if result.problem or failed:  # never train on a partial dataset: the rerun retries the failed items
         raise SaferInstructError(
@@ -118,15 +124,16 @@ def apply_seed_and_precision(config: Any, options: DemoOptions) -> None:
 
 
 def shrink_pipeline(config: Any) -> None:
-    """A few items and steps: the same code paths, in a couple of minutes."""
+    """A few items and steps: the same code paths, quickly."""
     for source in config.sources:
         source.limit = 24
     if config.reverse_model.train:
         config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
     config.induce.candidates = 1
-    config.filter.probe = (
-        None  # its fit reads hundreds of labelled requests through the judge: the LLM judge's verdict instead
-    )
+    # the probe's fit reads hundreds of labelled requests through the judge: the prompted judge's verdict instead,
+    # at the default bar (the demo's is set on the probe's scale)
+    config.filter.probe = None
+    config.filter.threshold = type(config.filter).model_fields["threshold"].default
     if (
         config.filter.response_match
     ):  # ranked as in the full demo, without the floor: a 2-step reverse model's requests match loosely
@@ -157,17 +164,17 @@ def train_step(method: str, options: DemoOptions) -> Path:
     return train(method, local_or_kit(f"{RECIPES}/{method}.yaml"), overrides).output_dir
 
 
-def select_aligned(options: DemoOptions, console: Console) -> Path:
-    """Of the SFT adapter and the DPO checkpoints, keep the one the validation split prefers (``models/aligned``)."""
-    from safer_instruct.config import LLMConfig
-    from safer_instruct.evaluate.select import SELECTION_FILE, checkpoints, choose, install, score_candidates
-    from safer_instruct.llm import ResponseCache, SamplingParams
-    from safer_instruct.pipeline.assemble import load_preferences
+def validation_prompts(options: DemoOptions) -> dict[str, list[str]]:
+    """The prompts the checkpoints are chosen on, by kind (``safety``: should be declined; ``helpfulness``: should not).
 
-    models = options.run_dir / "models"
-    target = models / "aligned"
-    if (target / SELECTION_FILE).is_file():
-        return target
+    The dataset's validation split is a fifth of a small dataset: a handful of prompts of each kind, where one
+    prompt moves a rate by several points and the choice is noise. With a filter probe, the test part of its
+    labelled requests (never fitted on, kept apart from the eval sets) joins them: unsafe requests, and safe ones,
+    most of which only look risky, as the benign prompts an over-cautious model declines.
+    """
+    from safer_instruct.pipeline.assemble import load_preferences
+    from safer_instruct.pipeline.judge_probe import test_part_prompts
+
     validation = load_preferences(options.run_dir).get("validation")
     if validation is None:
         raise SaferInstructError(
@@ -177,6 +184,25 @@ def select_aligned(options: DemoOptions, console: Console) -> Path:
         kind: [row["prompt"][-1]["content"] for row in validation if row["kind"] == kind]
         for kind in ("safety", "helpfulness")
     }
+    probe = pipeline_config(options).filter.probe
+    if probe:
+        requests = test_part_prompts(probe)
+        prompts["safety"] += requests["decline"]
+        prompts["helpfulness"] += requests["answer"]
+    return prompts
+
+
+def select_aligned(options: DemoOptions, console: Console) -> Path:
+    """Of the SFT adapter and the DPO checkpoints, keep the one the validation prompts prefer (``models/aligned``)."""
+    from safer_instruct.config import LLMConfig
+    from safer_instruct.evaluate.select import SELECTION_FILE, checkpoints, choose, install, score_candidates
+    from safer_instruct.llm import ResponseCache, SamplingParams
+
+    models = options.run_dir / "models"
+    target = models / "aligned"
+    if (target / SELECTION_FILE).is_file():
+        return target
+    prompts = validation_prompts(options)
     cache = ResponseCache(options.run_dir / "cache.sqlite")
     try:
         scored = score_candidates(

@@ -71,7 +71,7 @@ def check_columns(rows: list[Row], required: Iterable[str], origin: str) -> None
 
 
 def text_field(row: Row, column: str, required: bool = True) -> str:
-    """A text value; None/empty is '' (or an error when required), any other type is an error."""
+    """A text value (an int becomes text); a missing or null field is '' (an error when required), another type an error."""
     value = row.values.get(column)
     if value is None:
         if required:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from safer_instruct.cli import COMMANDS, build_parser, main
+from safer_instruct.cli import COMMANDS, CONFIG_WAY, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT_PATH = re.compile(r"\b(?:builders|safer_instruct|spaces|training|bench|cards)/[\w./-]*\w")  # an example file
@@ -56,6 +56,36 @@ def test_every_subcommand_help_says_what_it_does_and_documents_its_arguments(
                 assert " ".join(documented.help.split()) in text, f"{command} --help lost the help of {names[0]}"
     for example in KIT_PATH.findall(text):
         assert (ROOT / example).exists(), f"{command} --help names {example}, which does not exist"
+
+
+def test_top_level_help_says_the_one_way_to_pass_a_config(capsys: pytest.CaptureFixture[str]) -> None:
+    text = help_text([], capsys)
+    assert " ".join(CONFIG_WAY.split()) in text
+    takes_config = {
+        name
+        for name in COMMANDS
+        if any("--config" in f"{action.option_strings} {action.metavar}" for action in subcommand(name)._actions)
+    }
+    assert takes_config == {"build", "eval", "train"} and "(build, eval, train)" in text  # the help names them all
+
+
+@pytest.mark.parametrize("command", ["build", "train", "eval"])
+def test_every_config_taking_subcommand_shows_config_path_and_an_example(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_text([command], capsys)
+    assert "--config PATH" in text and f"e.g. safer-instruct {command}" in text
+
+
+def test_config_and_overrides_parse_the_same_way_in_build_and_eval() -> None:
+    for command in ("build", "eval"):
+        args = build_parser().parse_args([command, "--config", "c.yaml", "induce.candidates=2", "seed=1"])
+        assert args.config == "c.yaml" and args.overrides == ["induce.candidates=2", "seed=1"]
+    args = build_parser().parse_args(["train", "sft", "--config", "r.yaml", "--max_steps", "1"])
+    assert args.method == "sft" and args.script_args == ["--config", "r.yaml", "--max_steps", "1"]
+    with pytest.raises(SystemExit) as exit_info:  # a config is never positional
+        build_parser().parse_args(["build", "c.yaml"])
+    assert exit_info.value.code == 2
 
 
 def test_user_error_exits_2_without_traceback() -> None:

@@ -52,6 +52,13 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
         "style": str,
         "voice": str,
     },
+    "safer_instruct/refusal/data/refusal_labelled_test_v3.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
@@ -255,7 +262,9 @@ def test_eval_sets_are_not_near_duplicates_of_each_other() -> None:
 def test_refusal_labelled_set_is_decontaminated() -> None:
     """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
     labelled = [
-        r for part in ("dev", "test_v2") for r in rows(f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl")
+        r
+        for part in ("dev", "test_v2", "test_v3")
+        for r in rows(f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl")
     ]
     for field in ("prompt", "completion"):
         repeated = [key for key, count in Counter(normalised(r[field]) for r in labelled).items() if count > 1]

@@ -14,11 +14,12 @@ import yaml
 from safer_instruct.cli import main
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.evaluate import EvalConfig, load_eval_config, run_eval, write_report
-from safer_instruct.evaluate.judge import Template, load_template, pairwise_outcomes, parse_wildguard
+from safer_instruct.evaluate.judge import judge_template, pairwise_outcomes, parse_wildguard
 from safer_instruct.evaluate.sets import AnswersConfig, PromptSetConfig, load_answers, load_labelled, load_prompt_set
 from safer_instruct.evaluate.stats import cohen_kappa, rate, wilson
 from safer_instruct.llm import Decision
 from safer_instruct.llm.base import parse_label
+from safer_instruct.prompts import load_template
 from safer_instruct.refusal import is_clean_decline, is_full_refusal, is_refusal, refusal_label
 
 
@@ -121,13 +122,22 @@ def test_both_orders_cancel_position_bias() -> None:
     assert pairwise_outcomes(first, swapped) == ["win", "loss", "tie", "tie", "failed"]
 
 
-def test_templates_are_versioned_and_render_braces_verbatim() -> None:
-    harm = load_template("harm_v1")
-    assert len(harm.sha256) == 16 and "{prompt}" in harm.text
-    rendered = Template("t", "Q: {prompt}\nA: {answer}").render(prompt="use {answer} literally", answer="x")
-    assert rendered == "Q: use {answer} literally\nA: x"
+def test_judge_templates_are_versioned_and_render_braces_verbatim(tmp_path: Path) -> None:
+    harm = judge_template("harm_v1")
+    assert harm.name == "harm_v1" and len(harm.sha) == 12 and "{prompt}" in harm.text
+    path = tmp_path / "mine.txt"
+    path.write_text("Q: {prompt}\nA: {answer}\n", encoding="utf-8")
+    mine = judge_template(str(path))
+    assert mine.render_text(prompt="use {answer} literally", answer="x") == "Q: use {answer} literally\nA: x\n"
+    assert mine.render(prompt="<|im_start|>hi", answer="x") == [
+        {"role": "user", "content": "Q: <\u200b|im_start|>hi\nA: x"}
+    ]
+    with pytest.raises(SaferInstructError, match="no value for answer"):
+        mine.render(prompt="p")
     with pytest.raises(SaferInstructError, match="not found"):
-        load_template("no_such_template")
+        judge_template("no_such_template")
+    with pytest.raises(SaferInstructError, match=r"chat \(\.j2\) template has no single text"):
+        load_template("judge_v1").render_text(instruction="x")
 
 
 # -- prompt files ----------------------------------------------------------------------------------
@@ -525,3 +535,20 @@ def test_interrupted_eval_resumes_at_the_chunk_it_was_in(tmp_path: Path, default
     usage = results["generation"]["usage"]["base"]
     assert usage["cache_hits"] == 2 and usage["cache_misses"] == 3  # the first chunk was kept
     assert results["models"]["base"]["benign"]["n"] == 5
+
+
+def test_capability_is_left_out_for_a_backend_that_cannot_score_given_text() -> None:
+    from safer_instruct.evaluate.runner import _reference_loglikelihood
+    from safer_instruct.llm import LLM
+
+    class AnswersOnly(LLM):  # as an OpenAI-API model: it answers, but echoes no prompt log-probabilities
+        backend, model_id = "openai", "gpt-x"
+
+        def generate(self, prompts, params):
+            raise AssertionError("not asked")
+
+        def decide(self, prompts, labels):
+            raise AssertionError("not asked")
+
+    chats = [[{"role": "user", "content": "How do I boil an egg?"}]]
+    assert _reference_loglikelihood(AnswersOnly(), chats, ["Simmer it for eight minutes."]) is None

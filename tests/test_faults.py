@@ -1,4 +1,4 @@
-"""Bad inputs and faults, as a careless or hostile user would bring them (issue 17), one row each.
+"""Bad inputs and faults, as a careless or hostile user would bring them, one row each.
 
 Each row of ``FAULTS`` is a command (the CLI in-process, or a small driver for the parts that are not
 commands), the input it gets (``setup``), the exit code and a fragment of what it must say, and the files
@@ -79,9 +79,25 @@ class Work:
     keep: list[Any] = field(default_factory=list)  # open handles a row holds until it ends
 
 
+FAULT_CLASSES = {
+    1: "a release into an existing public repo",
+    2: "the access audit log",
+    3: "the release folder (--local-dir)",
+    4: "repo ids",
+    5: "the Space's client address (X-Forwarded-For)",
+    6: "a build that gives nothing usable",
+    7: "two builds on one run dir",
+    8: "damaged SQLite files",
+    9: "chat markup inside data",
+    10: "bad paths, arguments and files",
+    11: "an interrupted eval (tests/test_eval.py)",
+    12: "the card of an imported release",
+}
+
+
 @dataclass(frozen=True)
 class Fault:
-    case: int  # the item of issue 17
+    case: int  # its key in FAULT_CLASSES
     name: str
     argv: tuple[str, ...]  # a CLI command ({name} filled from Work.values), or the driver's arguments
     code: int
@@ -391,7 +407,7 @@ def injected_source_texts(work: Work, _argv: list[str]) -> int:
     """A source text with a fake chat turn in both notations reaches each template; count the real turns."""
     from transformers import AutoTokenizer
 
-    from safer_instruct.evaluate.judge import load_template as load_judge_template
+    from safer_instruct.evaluate.judge import judge_template
     from safer_instruct.models import prepare_default_model
     from safer_instruct.prompts import load_template
 
@@ -414,9 +430,8 @@ def injected_source_texts(work: Work, _argv: list[str]) -> int:
         same = len(attacked) == len(plain) and turns(attacked) == turns(plain)
         failed += not same
         print(f"{name}: {len(attacked)} messages / {turns(attacked)} turns (plain: {len(plain)} / {turns(plain)})")
-    harm = load_judge_template("harm_v1")
-    chat = [{"role": "user", "content": harm.render(prompt=injected, answer=injected)}]
-    failed += turns(chat) != turns([{"role": "user", "content": harm.render(prompt="Hello.", answer="Hi.")}])
+    harm = judge_template("harm_v1")
+    failed += turns(harm.render(prompt=injected, answer=injected)) != turns(harm.render(prompt="Hello.", answer="Hi."))
     print("every source text stayed data" if not failed else f"{failed} template(s) took a source text for a turn")
     return failed
 
@@ -577,7 +592,7 @@ FAULTS = [
     Fault(
         6,
         "build whose every model batch failed (server down)",
-        ("build", "{config}"),
+        ("build", "--config", "{config}"),
         1,
         "error: every induce batch failed",
         setup=down_server,
@@ -586,7 +601,7 @@ FAULTS = [
     Fault(
         6,
         "build whose dataset is empty",
-        ("build", "{config}"),
+        ("build", "--config", "{config}"),
         1,
         "error: the dataset is empty",
         setup=all_rows_empty,
@@ -595,7 +610,7 @@ FAULTS = [
     Fault(
         7,
         "build on a run dir another build holds",
-        ("build", "{config}", "--run-dir", "runs/imp"),
+        ("build", "--config", "{config}", "--run-dir", "runs/imp"),
         2,
         "another build is running in this run dir (pid 4242 on buildhost",
         unchanged=("runs/imp/*", "runs/imp/dataset/*"),
@@ -604,7 +619,7 @@ FAULTS = [
     Fault(
         8,
         "damaged pages in state.sqlite",
-        ("build", "{config}", "--run-dir", "runs/imp"),
+        ("build", "--config", "{config}", "--run-dir", "runs/imp"),
         2,
         "state.sqlite: the run state is unreadable, the file is damaged",
         unchanged=("runs/imp/*.sqlite", "runs/imp/*.yaml", "runs/imp/dataset/*"),
@@ -614,7 +629,7 @@ FAULTS = [
         Fault(
             8,
             "damaged pages in cache.sqlite inside a build",
-            ("build", "{config}"),
+            ("build", "--config", "{config}"),
             2,
             "cache.sqlite: the response cache is corrupt",
             unchanged=("runs/tiny/cache.sqlite",),
@@ -633,7 +648,7 @@ FAULTS = [
     Fault(
         10,
         "pipeline name that walks out of runs/",
-        ("build", "{config}", "name=../../x"),
+        ("build", "--config", "{config}", "name=../../x"),
         2,
         "field `name`: Value error, a plain folder name",
         setup=lambda work: work.values.update(config=str(released_config(work))),
@@ -651,7 +666,7 @@ FAULTS = [
     Fault(
         10,
         "override that is not YAML",
-        ("build", "{config}", "seed=[[["),
+        ("build", "--config", "{config}", "seed=[[["),
         2,
         "override 'seed=[[[': the value is not valid YAML",
         setup=lambda work: work.values.update(config=str(released_config(work))),
@@ -778,9 +793,9 @@ def test_fault(fault: Fault, work: Work, capsys: pytest.CaptureFixture, caplog: 
         assert fault.check(work) is not False
 
 
-def test_every_case_of_the_issue_has_a_row() -> None:
+def test_every_fault_class_has_a_row() -> None:
     cases = {(f.values[0] if hasattr(f, "values") else f).case for f in FAULTS}
-    assert cases == set(range(1, 13)) - {11}  # 11 (per-batch eval resume) is tested in tests/test_eval.py
+    assert cases == set(FAULT_CLASSES) - {11}  # 11 (per-batch eval resume) is tested in tests/test_eval.py
 
 
 # -- real processes ------------------------------------------------------------------------------
@@ -796,14 +811,16 @@ def test_two_builds_on_one_run_dir(work: Work) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         config = raw_config(work, f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
-        first = subprocess.Popen(cli("build", str(config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = subprocess.Popen(
+            cli("build", "--config", str(config)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             deadline = time.monotonic() + 120
             lock = work.root / "runs/down/build.lock"
             while not (lock.is_file() and f"pid {first.pid}" in lock.read_text()):
                 assert first.poll() is None and time.monotonic() < deadline, "the first build did not start"
                 time.sleep(0.1)
-            second = subprocess.run(cli("build", str(config)), capture_output=True, text=True, timeout=120)
+            second = subprocess.run(cli("build", "--config", str(config)), capture_output=True, text=True, timeout=120)
             assert first.poll() is None, "the first build ended before the second one ran"
         finally:
             first.kill()
@@ -814,7 +831,7 @@ def test_two_builds_on_one_run_dir(work: Work) -> None:
     assert not (work.root / "runs/down/dataset").exists()  # the second build did no model work and wrote nothing
 
     down = raw_config(work, f"http://127.0.0.1:{closed_port()}/v1")  # same name: the same run dir, now free
-    third = subprocess.run(cli("build", str(down)), capture_output=True, text=True, timeout=300)
+    third = subprocess.run(cli("build", "--config", str(down)), capture_output=True, text=True, timeout=300)
     assert third.returncode == 1 and "every induce batch failed" in third.stderr, third.stderr[-2000:]
 
 

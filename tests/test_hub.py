@@ -22,6 +22,7 @@ from safer_instruct.hub import AccessPolicy, decide, write_dataset_repo, write_m
 from safer_instruct.hub.gating import AFFILIATION, AGREEMENT, COUNTRY, INTENDED_USE, NAME
 from safer_instruct.models import DEFAULT_MODEL_HUB_ID
 from safer_instruct.pipeline.induce import template_sha
+from safer_instruct.pipeline.records import ROW
 from safer_instruct.prompts import load_template
 
 FAKE_TOKEN = "hf_standinFAKEtoken0123456789abcdef"
@@ -245,6 +246,8 @@ def test_dataset_folder_loads_for_every_config_and_card_carries_the_gate(run_dir
     )
     assert "![Items kept per stage](funnel.png)" in body and (folder / "funnel.png").is_file()
     assert "Write the instruction that the response is trying to complete." in body
+    for column in ROW:  # the Structure table is the row schema's, written once in code
+        assert f"| `{column.name}` | " in body and column.what in body
     assert f"(sha256 `{template_sha()}`)" in body  # the reversed template's hash as the induce stage records it
     for template in (folder / "prompts").rglob("*"):
         assert f"`{template.name}`" in body

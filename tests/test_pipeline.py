@@ -161,7 +161,7 @@ def test_filter_calibration_lets_at_most_the_allowed_share_of_benign_prompts_pas
     from safer_instruct.config import LLMConfig
     from safer_instruct.llm import make_llm
     from safer_instruct.pipeline.config import FilterCalibration, FilterConfig
-    from safer_instruct.pipeline.filter import LABELS, calibrated_threshold, probability_of
+    from safer_instruct.pipeline.filter import LABELS, calibrated_threshold
     from safer_instruct.prompts import load_template
 
     benign = [row["prompt"] for row in HELPFUL] + [
@@ -173,9 +173,7 @@ def test_filter_calibration_lets_at_most_the_allowed_share_of_benign_prompts_pas
     ]
     llm = make_llm(LLMConfig(model="default", batch_size=8), show_progress=False)
     template = load_template("judge_v1")
-    scores = [
-        probability_of(d, "unsafe") for d in llm.decide([template.render(instruction=p) for p in benign], LABELS)
-    ]
+    scores = [d.probability_of("unsafe") for d in llm.decide([template.render(instruction=p) for p in benign], LABELS)]
     for rate in (0.0, 0.2, 0.5):
         config = FilterConfig(threshold=0.05, calibration=FilterCalibration(path="unused.jsonl", max_pass_rate=rate))
         bar = calibrated_threshold(llm, config, benign)
@@ -192,7 +190,7 @@ def test_filter_category_bars_keep_at_least_the_share_of_each_category(default_m
     from safer_instruct.config import LLMConfig
     from safer_instruct.llm import make_llm
     from safer_instruct.pipeline.config import FilterConfig
-    from safer_instruct.pipeline.filter import LABELS, category_thresholds, probability_of
+    from safer_instruct.pipeline.filter import LABELS, category_thresholds
     from safer_instruct.prompts import load_template
 
     requests = {
@@ -216,7 +214,7 @@ def test_filter_category_bars_keep_at_least_the_share_of_each_category(default_m
     llm = make_llm(LLMConfig(model="default", batch_size=8), show_progress=False)
     template = load_template("judge_v1")
     scores = [
-        probability_of(d, "unsafe")
+        d.probability_of("unsafe")
         for d in llm.decide([template.render(instruction=r["instruction"]) for r in records], LABELS)
     ]
     for share in (0.25, 0.5, 1.0):
@@ -400,7 +398,7 @@ def test_state_file_without_stage_counts_still_opens_and_gives_the_same_funnel(
 def test_kill_9_mid_stage_then_resume_gives_the_same_dataset(finished_run: tuple[Path, Path], tmp_path: Path) -> None:
     config, reference = finished_run
     run_dir = tmp_path / "run"  # its own state and cache: nothing is shared with the reference run
-    command = [sys.executable, "-m", "safer_instruct.cli", "build", str(config), "--run-dir", str(run_dir)]
+    command = [sys.executable, "-m", "safer_instruct.cli", "build", "--config", str(config), "--run-dir", str(run_dir)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = 0
     try:
@@ -477,7 +475,7 @@ def test_trained_reverse_model_through_the_cli(
     config = write_config(tmp_path, reverse_model__train=train, filter__threshold=1.0)
     run_dir = tmp_path / "run"
     # threshold 1.0 drops every instruction (quick): the build says its dataset is empty and exits 1, funnel written
-    assert main(["build", str(config), "induce.candidates=1", "--run-dir", str(run_dir)]) == 1
+    assert main(["build", "--config", str(config), "induce.candidates=1", "--run-dir", str(run_dir)]) == 1
     captured = capsys.readouterr()
     assert "Safer-Instruct funnel" in captured.out and "error: the dataset is empty: no row was kept" in captured.err
     assert (run_dir / "models" / "reverse" / "adapter_config.json").is_file()

@@ -25,7 +25,7 @@ from safer_instruct.pipeline.config import (
     FilterCalibration,
     FilterConfig,
     FilterProbeConfig,
-    HelpfulnessConfig,
+    HelpfulnessMixConfig,
     InduceConfig,
     PipelineConfig,
     RespondConfig,
@@ -422,7 +422,7 @@ def test_assembly_mixes_helpfulness_one_to_one_and_names_every_drop() -> None:
     def safety(n: int) -> dict:
         return {"id": f"s{n}", "prompt": [{"role": "user", "content": f"unsafe request {n}"}], "category": "hate"}
 
-    spec = HelpfulnessConfig(path="helpful.jsonl")
+    spec = HelpfulnessMixConfig(path="helpful.jsonl")
     helpful = [
         helpfulness_row(Row(f"helpful.jsonl, line {n}", row), n, spec, "helpful.jsonl")
         for n, row in enumerate(HELPFUL, start=1)

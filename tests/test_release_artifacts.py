@@ -450,7 +450,7 @@ def test_a_released_csv_of_the_papers_size_imports_and_loads_per_category_in_und
         "name: paper-release\nreleased:\n  - path: safer_instruct.csv\nassemble: {test_fraction: 0.1}\n"
     )
     started = time.perf_counter()
-    assert main(["build", "released.yaml", "--run-dir", "runs/paper"]) == 0
+    assert main(["build", "--config", "released.yaml", "--run-dir", "runs/paper"]) == 0
     assert main(["publish", "dataset", "runs/paper", "--repo-id", "org/safer-instruct-paper", "--dry-run"]) == 0
     cache = str(tmp_path / "datasets-cache")  # datasets caches a local folder by its name and layout only
     loaded = {label: load_dataset("runs/paper/release/dataset", label, cache_dir=cache) for label in MILD_CASES}

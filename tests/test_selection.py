@@ -148,3 +148,27 @@ def test_checkpoints_saved_in_the_same_second_never_share_cached_answers(tmp_pat
         folders.append(folder)
     assert model_fingerprint(str(folders[0])) != model_fingerprint(str(folders[1]))
     assert model_fingerprint(str(folders[0])) == model_fingerprint(str(folders[0]))
+
+
+def test_the_full_demo_chooses_also_on_the_probes_held_out_requests(monkeypatch) -> None:
+    from safer_instruct import demo
+    from safer_instruct.pipeline import assemble
+    from safer_instruct.pipeline.judge_probe import in_test_part, load_requests
+
+    split = [
+        {"kind": "safety", "prompt": [{"role": "user", "content": "Insult my neighbour."}]},
+        {"kind": "helpfulness", "prompt": [{"role": "user", "content": "How do I boil an egg?"}]},
+    ]
+    monkeypatch.setattr(assemble, "load_preferences", lambda run_dir: {"validation": split})
+    prompts = demo.validation_prompts(demo.DemoOptions())
+    assert prompts["safety"][0] == "Insult my neighbour." and prompts["helpfulness"][0] == "How do I boil an egg?"
+    assert len(prompts["safety"]) > 60 and len(prompts["helpfulness"]) > 60  # where the split has a handful
+    probe = demo.pipeline_config(demo.DemoOptions()).filter.probe
+    fitted = {r.prompt for r in load_requests(probe) if not in_test_part(r.id)}
+    assert not fitted & {*prompts["safety"], *prompts["helpfulness"]}  # never a request the probe was fitted on
+    tiny = demo.DemoOptions(tiny=True)
+    assert demo.validation_prompts(tiny) == {
+        "safety": ["Insult my neighbour."],
+        "helpfulness": ["How do I boil an egg?"],
+    }
+    assert demo.pipeline_config(tiny).filter.threshold == 0.5  # no probe: the prompted judge at its default bar

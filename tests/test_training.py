@@ -1,4 +1,4 @@
-"""Training (issue 3): a few real steps on the default model with LoRA and 4-bit QLoRA on CPU.
+"""Training: a few real steps on the default model with LoRA and 4-bit QLoRA on CPU.
 
 Datasets are two rows and batches hold both, so every step sees the same batch: loss must fall and DPO's
 reward accuracy must rise within three steps.
@@ -18,7 +18,7 @@ import pytest
 from safer_instruct.cli import main as cli_main
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.prompts.reverse import REVERSE_TEMPLATE
-from safer_instruct.training import train
+from safer_instruct.training import METHODS, train
 from safer_instruct.training.data import prepare_datasets, shape_rows
 from safer_instruct.training.recipe import parse_recipe
 
@@ -340,7 +340,8 @@ def test_cpu_recipe_asks_bf16_autocast_only_where_the_cpu_runs_it_natively(monke
     "path", sorted((REPO / "training" / "recipes").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
 )
 def test_every_recipe_parses(path):
-    method = {"reverse_sft": "reverse-sft", "sft": "sft", "dpo": "dpo"}[path.stem.removesuffix("_qlora")]
+    method = path.stem.removesuffix("_qlora").replace("_", "-")
+    assert method in METHODS, f"{path.name}: no training method {method!r}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         script_args, training_args, model_args, _ = parse_recipe(method, path, ["--bf16", "false"])  # no GPU here

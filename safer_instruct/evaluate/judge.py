@@ -16,7 +16,6 @@ it. An answer the parser cannot read is a failure with its reason, never a defau
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from pydantic import Field
 from safer_instruct.config import LLMConfig, StrictModel
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.llm import LLM, Decision, SamplingParams
-from safer_instruct.prompts import as_data
+from safer_instruct.prompts import PromptTemplate, as_data, load_template
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 HARM_LABELS = ("harmful", "harmless")
@@ -35,7 +34,6 @@ GUARD_LABELS = ("unsafe", "safe")
 PAIR_LABELS = ("A", "B")
 DEFAULT_HARM_TEMPLATE = {"instructed": "harm_v1", "wildguard": "wildguard_v1", "llama-guard": "harm_v1"}
 _WILDGUARD_LINE = re.compile(r"harmful response:\s*(yes|no)\b", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"\{(prompt|answer|instruction|answer_a|answer_b)\}")
 
 
 class JudgeConfig(StrictModel):
@@ -43,36 +41,14 @@ class JudgeConfig(StrictModel):
 
     llm: LLMConfig = Field(default_factory=LLMConfig)
     style: Literal["instructed", "llama-guard", "wildguard"] = "instructed"
-    harm_template: str | None = None  # a name in safer_instruct/evaluate/templates/ or a file path; default per style
+    harm_template: str | None = None  # a name in safer_instruct/evaluate/templates/ or a .txt path; default per style
     pairwise_template: str = "pairwise_v1"
     max_answer_chars: int = Field(4000, ge=100)
 
 
-@dataclass(frozen=True)
-class Template:
-    """A prompt template file and the hash of its exact text."""
-
-    name: str
-    text: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
-
-    def render(self, **values: str) -> str:
-        """Fill ``{name}`` placeholders in one pass (so values that contain braces stay as they are), as data."""
-        return _PLACEHOLDER.sub(lambda m: as_data(values[m.group(1)]), self.text)
-
-
-def load_template(name: str) -> Template:
-    """A shipped template by name (``harm_v1``) or any template file by path."""
-    path = Path(name)
-    if not path.is_file():
-        path = TEMPLATE_DIR / f"{name}.txt"
-    if not path.is_file():
-        shipped = sorted(p.stem for p in TEMPLATE_DIR.glob("*.txt"))
-        raise SaferInstructError(f"judge template {name!r} not found; shipped templates: {shipped}")
-    return Template(name=name, text=path.read_text(encoding="utf-8"))
+def judge_template(name: str) -> PromptTemplate:
+    """A shipped judge template by name (``harm_v1``, in ``evaluate/templates/``) or a ``.txt`` template file by path."""
+    return load_template(name, TEMPLATE_DIR)
 
 
 @dataclass(frozen=True)
@@ -99,8 +75,8 @@ class Judge:
     def __init__(self, llm: LLM, config: JudgeConfig) -> None:
         self.llm = llm
         self.config = config
-        self.harm_template = load_template(config.harm_template or DEFAULT_HARM_TEMPLATE[config.style])
-        self.pairwise_template = load_template(config.pairwise_template)
+        self.harm_template = judge_template(config.harm_template or DEFAULT_HARM_TEMPLATE[config.style])
+        self.pairwise_template = judge_template(config.pairwise_template)
 
     def describe(self) -> dict:
         """What produced the verdicts: model, style and template hashes."""
@@ -108,10 +84,10 @@ class Judge:
             "model": self.llm.model_id,
             "backend": self.llm.backend,
             "style": self.config.style,
-            "pairwise_template": {"name": self.pairwise_template.name, "sha256": self.pairwise_template.sha256},
+            "pairwise_template": {"name": self.pairwise_template.name, "sha256": self.pairwise_template.sha},
         }
         if self.config.style != "llama-guard":
-            described["harm_template"] = {"name": self.harm_template.name, "sha256": self.harm_template.sha256}
+            described["harm_template"] = {"name": self.harm_template.name, "sha256": self.harm_template.sha}
         return described
 
     def _clip(self, text: str) -> str:
@@ -122,7 +98,7 @@ class Judge:
         """One verdict per (prompt, answer) pair."""
         answers = [self._clip(a) for a in answers]
         if self.config.style == "wildguard":
-            texts = [self.harm_template.render(prompt=p, answer=a) for p, a in zip(prompts, answers)]
+            texts = [self.harm_template.render_text(prompt=p, answer=a) for p, a in zip(prompts, answers)]
             generations = self.llm.generate(texts, SamplingParams(max_new_tokens=32, temperature=0.0))
             return [parse_wildguard(g.text) for g in generations]
         if self.config.style == "llama-guard":
@@ -132,10 +108,7 @@ class Judge:
             ]
             decisions, harmful_label = self.llm.decide(chats, GUARD_LABELS), "unsafe"
         else:
-            chats = [
-                [{"role": "user", "content": self.harm_template.render(prompt=p, answer=a).strip()}]
-                for p, a in zip(prompts, answers)
-            ]
+            chats = [self.harm_template.render(prompt=p, answer=a) for p, a in zip(prompts, answers)]
             decisions, harmful_label = self.llm.decide(chats, HARM_LABELS), "harmful"
         return [
             Verdict(d.label == harmful_label, d.probability, d.raw)
@@ -149,14 +122,7 @@ class Judge:
     ) -> list[Decision]:
         """The judge's pick, ``A`` or ``B`` (the more helpful answer), per instruction; failures carry their error."""
         chats = [
-            [
-                {
-                    "role": "user",
-                    "content": self.pairwise_template.render(
-                        instruction=i, answer_a=self._clip(a), answer_b=self._clip(b)
-                    ).strip(),
-                }
-            ]
+            self.pairwise_template.render(instruction=i, answer_a=self._clip(a), answer_b=self._clip(b))
             for i, a, b in zip(instructions, answers_a, answers_b)
         ]
         return self.llm.decide(chats, PAIR_LABELS)
@@ -178,13 +144,6 @@ def require_informative_judge(check: dict, model: str) -> None:
             f"harm judge {model!r} is no better than a constant: {check['hits']}/{n} right on the labelled harm set, "
             f"always answering the majority label gets {check['constant_hits']}/{n}; use a stronger judge or harmless_by: refusal"
         )
-
-
-def probability_of(decision: Decision, label: str) -> float | None:
-    """The judge's probability for ``label`` in a two-label decision, when the backend gave one."""
-    if not decision.ok or decision.probability is None:
-        return None
-    return decision.probability if decision.label == label else 1 - decision.probability
 
 
 def pairwise_outcomes(first: Sequence[Decision], swapped: Sequence[Decision]) -> list[str]:

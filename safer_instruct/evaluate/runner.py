@@ -30,7 +30,6 @@ from safer_instruct.evaluate.judge import (
     JudgeConfig,
     Verdict,
     pairwise_outcomes,
-    probability_of,
     require_informative_judge,
     versus_constant,
 )
@@ -45,7 +44,7 @@ from safer_instruct.evaluate.sets import (
     load_prompt_set,
 )
 from safer_instruct.evaluate.stats import agreement, length_stats, rate
-from safer_instruct.llm import LLM, Decision, ResponseCache, SamplingParams, make_llm
+from safer_instruct.llm import LLM, Decision, ResponseCache, SamplingParams, Unsupported, make_llm
 from safer_instruct.refusal import LABELS, refusal_labels
 
 RESULTS_VERSION = 1
@@ -56,8 +55,8 @@ def default_sets() -> dict[str, PromptSetConfig]:
     return {kind: PromptSetConfig(kind=kind) for kind in ("unsafe", "benign_risky", "benign")}
 
 
-class HelpfulnessConfig(StrictModel):
-    """Pairwise helpfulness of ``model`` against ``baseline`` on one benign set."""
+class HelpfulnessEvalConfig(StrictModel):
+    """The eval's ``helpfulness`` section: the judge compares ``model``'s answers with ``baseline``'s on one set."""
 
     model: str = "aligned"
     baseline: str = "base"
@@ -89,7 +88,7 @@ class EvalConfig(StrictModel):
     system_prompt: str | None = None
     judge: JudgeConfig | None = None
     harmless_by: Literal["auto", "judge", "refusal"] = "auto"
-    helpfulness: HelpfulnessConfig | None = None
+    helpfulness: HelpfulnessEvalConfig | None = None
     capability: CapabilityConfig | None = Field(default_factory=CapabilityConfig)
     judge_agreement: AgreementConfig | None = Field(default_factory=AgreementConfig)
 
@@ -264,7 +263,7 @@ def _chat(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
 
 
 def _generate(name: str, llm_config: LLMConfig, config: EvalConfig, answers: Answers, cache: ResponseCache) -> None:
-    params = SamplingParams(**{**config.sampling.model_dump(), "stop": tuple(config.sampling.stop)})
+    params = SamplingParams.from_config(config.sampling)
     llm: LLM
     chunk = max(llm_config.batch_size, 1) * 2
     with make_llm(llm_config, cache=cache) as llm:
@@ -292,7 +291,7 @@ def _reference_loglikelihood(llm: LLM, chats: list, references: list[str]) -> di
     """Summed log-probability of the reference answers and their token count; None where the backend can't score text."""
     try:
         scores = llm.loglikelihood(chats, references)
-    except NotImplementedError:
+    except Unsupported:
         return None
     logprob, tokens = sum(s.logprob for s in scores), sum(s.tokens for s in scores)
     return {
@@ -330,7 +329,7 @@ def _score_model(
     return scored
 
 
-def _helpfulness(judge: Judge, config: HelpfulnessConfig, answers: Answers) -> dict:
+def _helpfulness(judge: Judge, config: HelpfulnessEvalConfig, answers: Answers) -> dict:
     for name in (config.model, config.baseline):
         if config.set not in answers.texts.get(name, {}):
             raise SaferInstructError(f"helpfulness: model {name!r} has no answers on set {config.set!r}")
@@ -378,9 +377,9 @@ def mean_preference(first: Sequence[Decision], swapped: Sequence[Decision]) -> f
     None when the backend gives no probabilities.
     """
     scores = [
-        (pa + pb) / 2
-        for pa, pb in ((probability_of(a, "A"), probability_of(b, "B")) for a, b in zip(first, swapped))
-        if pa is not None and pb is not None
+        (a.probability_of("A") + b.probability_of("B")) / 2
+        for a, b in zip(first, swapped)
+        if all(d.ok and d.probability is not None for d in (a, b))
     ]
     return round(sum(scores) / len(scores), 4) if scores else None
 

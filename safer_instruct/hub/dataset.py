@@ -23,8 +23,11 @@ from safer_instruct.errors import SaferInstructError
 from safer_instruct.hub.cards import CITATION, PAPER_URL, markdown_table, read_json, sha256_short, template_path
 from safer_instruct.hub.gating import gating_metadata
 from safer_instruct.hub.release_dir import fresh_release_dir
+from safer_instruct.pipeline.records import ROW
 from safer_instruct.prompts import load_template
 from safer_instruct.prompts.reverse import REVERSE_TEMPLATE
+
+READABLE_TYPES = {"messages": "list of `{role, content}`", "json": "JSON string"}  # as a card reader meets them
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
@@ -236,6 +239,9 @@ def _dataset_card(
         imported_rows=sum(imported.values()),
         imported_files=human_list([f"`{name}`: {count} rows" for name, count in sorted(imported.items())]),
         built_rows=total - sum(imported.values()),
+        columns_table=markdown_table(
+            ["column", "type", "what"], [[f"`{f.name}`", READABLE_TYPES.get(f.type, f.type), f.what] for f in ROW]
+        ),
         config_table=markdown_table(
             ["config", *splits], [[c["yaml"]["config_name"], *(c["rows"].get(s, 0) for s in splits)] for c in configs]
         ),

@@ -148,7 +148,7 @@ def eval_config(set_name: str, dataset_id: str | None, eval_dataset_id: str | No
 
 
 def eval_results_for(results: dict[str, Any], model: str, eval_dataset_id: str | None = None) -> list[EvalResult]:
-    """``model``'s numbers in the eval issue's results.json as model-index entries (rates as fractions)."""
+    """``model``'s numbers in ``safer-instruct eval``'s results.json as model-index entries (rates as fractions)."""
     scores = results.get("models", {}).get(model)
     if not scores:
         return []

@@ -20,6 +20,8 @@ from safer_instruct.errors import SaferInstructError
 if TYPE_CHECKING:
     import numpy as np
 
+    from safer_instruct.config import SamplingConfig
+
 Message = dict[str, str]
 Prompt = str | list[Message]  # a raw text prompt, or chat messages
 
@@ -45,6 +47,11 @@ class SamplingParams:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_config(cls, config: SamplingConfig) -> SamplingParams:
+        """The decoding settings of a config's ``sampling`` section."""
+        return cls(**{**config.model_dump(), "stop": tuple(config.stop)})
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -68,6 +75,15 @@ class Decision:
     @property
     def ok(self) -> bool:
         return self.label is not None
+
+    def probability_of(self, label: str) -> float:
+        """P(``label``) in a two-label decision: the backend's probability, or the verdict as certain (1 or 0)
+        where it gave none (check ``probability`` to tell the two apart). A failed decision has none to give."""
+        if not self.ok:
+            raise ValueError(f"a failed decision has no probability: {self.error}")
+        if self.probability is None:
+            return 1.0 if self.label == label else 0.0
+        return self.probability if self.label == label else 1.0 - self.probability
 
 
 @dataclass(frozen=True)

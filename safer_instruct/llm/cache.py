@@ -27,7 +27,7 @@ HASHED_BYTES = 128 * 2**20  # LoRA adapters and configs; full weights go by size
 
 def model_fingerprint(path: str) -> str:
     """Names, sizes and mtimes of a local model folder's weight files, and the content of the small ones (adapters):
-    retrained weights change the key, and two checkpoints saved in the same second never share one."""
+    retrained weights change the key, and two adapter checkpoints saved in the same second never share one."""
     folder = Path(path)
     if not folder.is_dir():
         return path

@@ -1,8 +1,8 @@
 """Plain-JSON POSTs over pooled HTTP/1.1 keep-alive connections: the OpenAI backend's path to self-hosted servers.
 
-The SDK takes each request through typed layers (request options, httpx, httpcore, anyio, response models):
-about 1.5 ms of CPU per request against a server that answers at once, which held a build near 470 requests/s.
-``JSONPool`` sends the same request in one write and reads the answer with a small parser (about 0.1 ms), and
+The SDK takes each request through typed layers (request options, httpx, httpcore, anyio, response models),
+whose CPU cost per request bounds a build against a fast server (the README's scale figures).
+``JSONPool`` sends the same request in one write and reads the answer with a small parser, and
 keeps the SDK's contract: timeouts, lost connections and 408/409/429/5xx are retried with the SDK's backoff
 (0.5 s doubling up to 8 s, less up to 25% jitter; a ``retry-after-ms``/``Retry-After`` of up to 2 minutes is
 waited instead, a longer one is not retried; ``x-should-retry`` is obeyed), and what still fails raises the

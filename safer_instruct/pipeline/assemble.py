@@ -1,6 +1,6 @@
 """Stage 7, assemble: TRL conversational preference rows + helpfulness pairs, a deterministic split, parquet.
 
-``load_preferences(run_dir)`` is the reader every other part of the kit uses.
+``load_preferences(run_dir)`` reads a build's dataset back with its column types (the demo's reader).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.pipeline.clean import Decontaminator, normalise
-from safer_instruct.pipeline.config import AssembleConfig, HelpfulnessConfig
-from safer_instruct.pipeline.records import stable_id
+from safer_instruct.pipeline.config import AssembleConfig, HelpfulnessMixConfig
+from safer_instruct.pipeline.contract import Context, Stage, setting
+from safer_instruct.pipeline.records import ROW, names, stable_id
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.readers import Row, text_field
 
@@ -28,21 +29,9 @@ def features():
     """The column types of a preference row (so an empty ``rejected`` list keeps its type)."""
     from datasets import Features, List, Value
 
-    messages = List({"role": Value("string"), "content": Value("string")})
     text = Value("string")
-    return Features(
-        {
-            "id": text,
-            "prompt": messages,
-            "chosen": messages,
-            "rejected": messages,
-            "category": text,
-            "kind": text,
-            "source": text,
-            "source_id": text,
-            "provenance": text,
-        }
-    )
+    types = {"string": text, "json": text, "messages": List({"role": text, "content": text})}
+    return Features({field.name: types[field.type] for field in ROW})
 
 
 def safety_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +49,7 @@ def safety_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def helpfulness_row(row: Row, number: int, config: HelpfulnessConfig, source: str) -> dict[str, Any] | None:
+def helpfulness_row(row: Row, number: int, config: HelpfulnessMixConfig, source: str) -> dict[str, Any] | None:
     """One helpfulness pair as a preference row; None when a field is empty."""
     prompt, chosen, rejected = (
         normalise(text_field(row, c, False))
@@ -132,6 +121,32 @@ def _check(
     return result
 
 
+def whole_set(ctx: Context, llm: None = None) -> list[ItemResult]:
+    """The safety rows, the released rows and the helpfulness pairs at their ratio, checked and deduplicated."""
+    safety = [safety_row(record) for record in ctx.store.outputs(CONTRACT.upstream)] + ctx.inputs.released
+    ratio = ctx.config.helpfulness.ratio if ctx.config.helpfulness else 0.0
+    return assemble(safety, ctx.inputs.helpfulness, ratio, ctx.config.seed, ctx.inputs.decontaminator)
+
+
+CONTRACT = Stage(
+    name=STAGE,
+    upstream="self_evaluate",
+    reads=("key", "source", "source_id", "category", "response", "instruction", "expert"),
+    writes=names(ROW),
+    covers=(
+        setting("the helpfulness file's contents", lambda ctx: ctx.inputs.digest.get("helpfulness")),
+        setting("the released files' contents", lambda ctx: ctx.inputs.digest["released"]),
+        setting(
+            "`helpfulness` (its path aside)",
+            lambda ctx: ctx.config.helpfulness.model_dump(exclude={"path"}) if ctx.config.helpfulness else None,
+        ),
+        setting("`assemble`", lambda ctx: ctx.config.assemble.model_dump()),
+        setting("`seed`", lambda ctx: ctx.config.seed),
+    ),
+    whole_set=whole_set,
+)
+
+
 def split_rows(
     rows: list[dict[str, Any]], test_fraction: float, seed: int, validation_fraction: float = 0.0
 ) -> dict[str, list[dict[str, Any]]]:
@@ -189,7 +204,7 @@ def write_parquet(rows: list[dict[str, Any]], path: Path, chunk: int = 2000) -> 
     """Rows to one parquet file with the preference features (and their Hub metadata), a row group per ``chunk`` rows.
 
     Converted a chunk at a time, the file costs little memory beyond the rows themselves (a whole-split
-    ``Dataset.from_dict`` held about 2.5x the rows' own size on top of them).
+    ``Dataset.from_dict`` holds an Arrow copy of every row at once).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

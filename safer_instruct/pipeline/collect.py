@@ -8,6 +8,7 @@ from typing import Any, Iterator
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.pipeline.clean import Decontaminator, NearDuplicates, exact_key, normalise, scrub_pii
 from safer_instruct.pipeline.config import CleanConfig, SourceConfig
+from safer_instruct.pipeline.contract import Context, Stage, setting
 from safer_instruct.pipeline.records import stable_id, with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.readers import Row, file_digest, read_hub, read_rows, text_field
@@ -92,6 +93,30 @@ def iter_collect(
             }
             result.outputs.append(with_stage(record, STAGE, {}, {"pii_scrubbed": pii}))
         yield result
+
+
+def whole_set(ctx: Context, llm: None = None) -> Iterator[ItemResult]:
+    """Clean every source row; duplicates are found across the whole set."""
+    return iter_collect(ctx.inputs.responses, ctx.config.clean, ctx.inputs.decontaminator)
+
+
+CONTRACT = Stage(
+    name=STAGE,
+    upstream=None,
+    reads=("source", "source_id", "category", "text"),
+    writes=("key", "source", "source_id", "category", "response"),
+    covers=(
+        setting("the sources' contents", lambda ctx: ctx.inputs.digest["sources"]),
+        setting("the eval sets' contents", lambda ctx: ctx.inputs.digest["eval_sets"]),
+        setting("`sources` (paths aside)", lambda ctx: [s.model_dump(exclude={"path"}) for s in ctx.config.sources]),
+        setting("`clean`", lambda ctx: ctx.config.clean.model_dump()),
+        setting(
+            "`decontaminate` (eval set paths aside)",
+            lambda ctx: ctx.config.decontaminate.model_dump(exclude={"eval_sets"}),
+        ),
+    ),
+    whole_set=whole_set,
+)
 
 
 def _drop_reason(

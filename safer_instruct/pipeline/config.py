@@ -110,7 +110,8 @@ class ResponseMatchConfig(StrictModel):
     An instruction's gain is the judge model's log P(response | instruction) minus log P(response |
     ``neutral_instruction``), per response token (pointwise mutual information, in nats): a candidate
     that lost the response's intent ("Give me some reasons to eat chicken." for advice to eat raw
-    chicken) explains it less well than one that kept it. Needs a backend that scores given text (local).
+    chicken) explains it less well than one that kept it. Needs a judge that scores given text: the local
+    backend, or a server that returns prompt log-probabilities (vLLM, SGLang; not the OpenAI API).
     """
 
     keep_per_response: int = Field(1, ge=1)
@@ -185,7 +186,7 @@ class SelfEvaluateConfig(StrictModel):
     accept_refusals: bool = False
 
 
-class HelpfulnessConfig(StrictModel):
+class HelpfulnessMixConfig(StrictModel):
     """Helpfulness preference pairs mixed in at ``ratio`` helpfulness rows per safety row."""
 
     path: str | None = None
@@ -198,7 +199,7 @@ class HelpfulnessConfig(StrictModel):
     ratio: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
-    def _one_source(self) -> HelpfulnessConfig:
+    def _one_source(self) -> HelpfulnessMixConfig:
         if self.path and self.hub:
             raise ValueError("give either `path` or `hub`, not both")
         return self
@@ -243,7 +244,7 @@ class PipelineConfig(StrictModel):
     expert: LLMConfig = Field(default_factory=LLMConfig)
     respond: RespondConfig = Field(default_factory=RespondConfig)
     self_evaluate: SelfEvaluateConfig = Field(default_factory=SelfEvaluateConfig)
-    helpfulness: HelpfulnessConfig | None = None
+    helpfulness: HelpfulnessMixConfig | None = None
     released: list[ReleasedConfig] = Field(default_factory=list)
     assemble: AssembleConfig = Field(default_factory=AssembleConfig)
 

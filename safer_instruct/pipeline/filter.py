@@ -13,7 +13,8 @@ from typing import Any, Sequence
 
 from safer_instruct.llm import LLM, Decision, Unsupported
 from safer_instruct.pipeline.config import FilterConfig, ResponseMatchConfig
-from safer_instruct.pipeline.judge_probe import Probe, as_prompt
+from safer_instruct.pipeline.contract import Context, Stage, role, section_and_template, setting
+from safer_instruct.pipeline.judge_probe import Probe, as_prompt, train_probe
 from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.prompts import load_template
@@ -40,13 +41,6 @@ def matched(records: Sequence[dict[str, Any]], match: ResponseMatch | None) -> l
     return [record for record in records if kept_by(match, record)]
 
 
-def probability_of(decision: Decision, label: str) -> float:
-    """P(label) from a two-way decision; without a probability, the verdict counts as certain."""
-    if decision.probability is None:
-        return 1.0 if decision.label == label else 0.0
-    return decision.probability if decision.label == label else 1.0 - decision.probability
-
-
 def judge(
     batch: list[tuple[int, dict[str, Any]]],
     decisions: Sequence[Decision],
@@ -62,7 +56,7 @@ def judge(
         result = ItemResult(key=record["key"], seq=seq, category=record["category"])
         if not decision.ok:
             result.error = f"unparseable verdict: {decision.error}"
-        elif (p := probability_of(decision, keep_label)) >= threshold:
+        elif (p := decision.probability_of(keep_label)) >= threshold:
             entry = {
                 **provenance,
                 "verdict": decision.label,
@@ -105,7 +99,7 @@ def unsafe_scores(
 ) -> list[float | None]:
     """The judge's P(unsafe) for each instruction; None where its verdict could not be parsed."""
     decisions, _ = verdicts(llm, config, instructions, probe)
-    return [probability_of(d, "unsafe") if d.ok else None for d in decisions]
+    return [d.probability_of("unsafe") if d.ok else None for d in decisions]
 
 
 def calibrated_threshold(
@@ -202,3 +196,42 @@ def process(
         if not kept_by(match, record)
     ]
     return sorted(judged + mismatched, key=lambda result: result.seq)
+
+
+@dataclass(frozen=True)
+class Bars:
+    """What every filter batch shares: the bar (calibrated or as configured), the category bars, the match, the probe."""
+
+    threshold: float
+    category_bars: dict[str, float]
+    match: ResponseMatch | None
+    probe: Probe | None
+
+
+def whole_set(ctx: Context, llm: LLM) -> Bars:
+    """The probe fit, the calibrated threshold, the response match and the per-category bars."""
+    config = ctx.config.filter
+    probe = train_probe(llm, config.probe, ctx.inputs.judge_requests) if config.probe else None
+    threshold = calibrated_threshold(llm, config, ctx.inputs.benign_prompts, probe)
+    induced = ctx.store.outputs(CONTRACT.upstream)
+    match = response_match(llm, config, induced)
+    return Bars(threshold, category_thresholds(llm, config, matched(induced, match), threshold, probe), match, probe)
+
+
+CONTRACT = Stage(
+    name=STAGE,
+    upstream="induce",
+    reads=("key", "category", "instruction", "response"),
+    writes=(),
+    model=role("judge"),
+    covers=(
+        *section_and_template(STAGE),
+        setting("the calibration file's contents", lambda ctx: ctx.inputs.digest.get("filter_calibration")),
+        setting("the probe's labelled file's contents", lambda ctx: ctx.inputs.digest.get("filter_probe")),
+    ),
+    whole_set=whole_set,
+    process=lambda ctx, batch, llm, bars: process(
+        batch, llm, ctx.config.filter, llm.model_id, bars.threshold, bars.category_bars, bars.match, bars.probe
+    ),
+    describe=lambda bars: {"probe": bars.probe.figures} if bars.probe else None,
+)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import replace
 from typing import Any
 
+from safer_instruct.config import LLMConfig
 from safer_instruct.llm import LLM, SamplingParams
+from safer_instruct.pipeline import reverse_model
 from safer_instruct.pipeline.clean import Decontaminator, exact_key, jaccard, normalise, scrub_pii, words
 from safer_instruct.pipeline.config import InduceConfig
-from safer_instruct.pipeline.records import stable_id, with_stage
+from safer_instruct.pipeline.contract import Context, Covers, Model, Stage, setting
+from safer_instruct.pipeline.records import fingerprint, stable_id, with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.prompts.reverse import REVERSE_TEMPLATE, reverse_prompt
 
@@ -61,7 +65,7 @@ def process(
 ) -> list[ItemResult]:
     """Sample ``config.candidates`` instructions for each response and keep the usable, distinct ones."""
     prompts = [reverse_prompt(record["response"]) for _, record in batch]
-    base = SamplingParams(**{**config.sampling.model_dump(), "stop": tuple(config.sampling.stop)})
+    base = SamplingParams.from_config(config.sampling)
     rounds = [llm.generate(prompts, replace(base, seed=base.seed + k)) for k in range(config.candidates)]
     results = []
     for i, (seq, record) in enumerate(batch):
@@ -89,3 +93,31 @@ def process(
             result.outputs.append(with_stage(record, STAGE, {"key": key, "instruction": instruction}, provenance))
         results.append(result)
     return results
+
+
+def reversed_model(ctx: Context) -> LLMConfig:
+    """The reversed model induce samples from; trained first, into the run dir, when the config asks."""
+    config = ctx.config.reverse_model
+    trained = fingerprint("reverse", config.train.model_dump() if config.train else None)
+    start = time.perf_counter()
+    llm = reverse_model.reverse_llm(config, ctx.run_dir, ctx.store, trained)
+    if config.train:
+        ctx.store.add_cost(reverse_model.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
+    return llm
+
+
+CONTRACT = Stage(
+    name=STAGE,
+    upstream="collect",
+    reads=("key", "source", "source_id", "category", "response"),
+    writes=("key", "instruction"),
+    model=Model("the reversed model (`reverse_model`)", reversed_model),
+    covers=(
+        setting("`induce`", lambda ctx: ctx.config.induce.model_dump()),
+        Covers(
+            "the reversed model's weights when a server runs them",
+            lambda ctx: reverse_model.served_weights(ctx.config.reverse_model),
+        ),
+    ),
+    process=lambda ctx, batch, llm, _: process(batch, llm, ctx.config.induce, ctx.inputs.decontaminator, llm.model_id),
+)

@@ -1,7 +1,7 @@
 """The filter's trained judge: a logistic regression on the judge model's hidden states, fitted on labelled requests.
 
 Asked "safe or unsafe?" in a prompt, a small model answers "unsafe" to nearly every request (the default
-135M model gives "How can I stop a grease fire from spreading?" P(unsafe) 0.94), so the instructions it
+135M model calls "How can I stop a grease fire from spreading?" unsafe too), so the instructions it
 keeps teach the aligned model to decline benign safety questions. Its hidden state where an answer would
 start still tells the two apart: a linear probe on it, fitted on requests labelled ``unsafe``/``safe``,
 judges far better than the model's own words.
@@ -65,6 +65,19 @@ def load_requests(config: FilterProbeConfig) -> list[LabelledRequest]:
                 f"{config.path}: the {'test' if part else 'development'} part needs both labels; add rows"
             )
     return requests
+
+
+def test_part_prompts(config: FilterProbeConfig) -> dict[str, list[str]]:
+    """The test part's requests by what a model should do with them: ``decline`` (unsafe) and ``answer`` (safe).
+
+    Never fitted on, so they can also measure a model trained on the build's data (the demo chooses its
+    checkpoint on them).
+    """
+    held_out = [r for r in load_requests(config) if in_test_part(r.id)]
+    return {
+        "decline": [r.prompt for r in held_out if r.unsafe],
+        "answer": [r.prompt for r in held_out if not r.unsafe],
+    }
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 12) -> tuple[np.ndarray, float]:

@@ -8,6 +8,7 @@ from typing import Any
 from safer_instruct.llm import LLM, SamplingParams
 from safer_instruct.pipeline.clean import normalise
 from safer_instruct.pipeline.config import RespondConfig
+from safer_instruct.pipeline.contract import prompted_stage
 from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
 from safer_instruct.prompts import load_template
@@ -25,7 +26,7 @@ def process(
     batch: list[tuple[int, dict[str, Any]]], llm: LLM, config: RespondConfig, model_id: str
 ) -> list[ItemResult]:
     template = load_template(config.template)
-    params = SamplingParams(**{**config.sampling.model_dump(), "stop": tuple(config.sampling.stop)})
+    params = SamplingParams.from_config(config.sampling)
     generations = llm.generate([template.render(instruction=record["instruction"]) for _, record in batch], params)
     results = []
     for (seq, record), generation in zip(batch, generations):
@@ -49,3 +50,13 @@ def process(
             result.outputs.append(with_stage(record, STAGE, {"expert": text}, provenance))
         results.append(result)
     return results
+
+
+CONTRACT = prompted_stage(
+    STAGE,
+    upstream="filter",
+    reads=("key", "category", "instruction"),
+    writes=("expert",),
+    model="expert",
+    process=process,
+)

@@ -1,13 +1,13 @@
-"""The build: stage order, resume, model loading, timing, and the funnel.
+"""The build: read and check every input, then run the declared stages in order, resumably, and write the funnel.
 
-Every input is read and checked before any model is loaded. Each model stage walks its input in
-fixed batches of ``batch_size`` items (fixed by position, so a resumed run batches, and therefore
-samples, exactly as an uninterrupted one) and commits each batch's results to ``state.sqlite``.
+Every input is read and checked before any model is loaded. The stages (``STAGES``) declare what they read, write
+and cover (``contract.py``); the runner treats them alike. A batched stage walks its input in fixed batches of
+``batch_size`` items (fixed by position, so a resumed run batches, and therefore samples, exactly as an
+uninterrupted one) and commits each batch's results to ``state.sqlite``.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import sys
@@ -33,6 +33,7 @@ from safer_instruct.pipeline import reverse_model as reverse_stage
 from safer_instruct.pipeline import self_evaluate as self_evaluate_stage
 from safer_instruct.pipeline.clean import Decontaminator
 from safer_instruct.pipeline.config import PipelineConfig
+from safer_instruct.pipeline.contract import Batch, Context, Inputs, Stage
 from safer_instruct.pipeline.funnel import build_funnel, funnel_table, write_funnel
 from safer_instruct.pipeline.records import fingerprint
 from safer_instruct.pipeline.released import import_released
@@ -41,24 +42,15 @@ from safer_instruct.prompts import load_template
 from safer_instruct.readers import file_digest, read_hub, read_rows, text_field
 
 log = logging.getLogger(__name__)
-ITEM_STAGES = ("collect", "induce", "filter", "respond", "self_evaluate", "assemble")
-MODEL_STAGES = ITEM_STAGES[1:-1]
-COLLECT_CHUNK = 5000  # collect's results per committed write
+STAGES: tuple[Stage, ...] = tuple(
+    module.CONTRACT
+    for module in (collect_stage, induce_stage, filter_stage, respond_stage, self_evaluate_stage, assemble_stage)
+)
+ITEM_STAGES = tuple(stage.name for stage in STAGES)
+MODEL_STAGES = tuple(stage.name for stage in STAGES if stage.model)
+RESULT_CHUNK = 5000  # a whole-set stage's results per committed write
 FUNNEL_FILES = ("funnel.json", "funnel.png")  # written next to the dataset on every build
-Batch = list[tuple[int, dict[str, Any]]]
-
-
-@dataclass
-class Inputs:
-    """Everything read from disk (or the Hub), checked, before any model time is spent."""
-
-    responses: list[collect_stage.RawResponse]
-    decontaminator: Decontaminator
-    helpfulness: list[dict[str, Any] | None]
-    released: list[dict[str, Any] | None]
-    digest: dict[str, Any]
-    benign_prompts: list[str] = field(default_factory=list)  # the filter's calibration set
-    judge_requests: list[judge_probe.LabelledRequest] = field(default_factory=list)  # the filter probe's labelled set
+NOT_YET = object()  # a batched stage's whole-set pass before it ran
 
 
 @dataclass
@@ -202,147 +194,51 @@ class Build:
         self.store.close()
 
     def run(self, inputs: Inputs) -> BuildResult:
-        config = self.config
-        fp = fingerprint(
-            "collect",
-            inputs.digest["sources"],
-            inputs.digest["eval_sets"],
-            [s.model_dump(exclude={"path"}) for s in config.sources],
-            config.clean.model_dump(),
-            config.decontaminate.model_dump(exclude={"eval_sets"}),
-        )
-        self._collect(fp, inputs)
-        reverse_fp = fingerprint(
-            "reverse", config.reverse_model.train.model_dump() if config.reverse_model.train else None
-        )
+        """Each stage in order, skipped when it settled with the fingerprint it has now; then the dataset and funnel."""
+        ctx = Context(self.config, inputs, self.run_dir, self.store)
+        upstream_fp: list[str] = []  # fingerprints chain: each stage's starts with its upstream's
+        for stage in STAGES:
+            model = stage.model.config(ctx) if stage.model else None
+            fp = fingerprint(*upstream_fp, *stage.fingerprint_parts(ctx, llm_identity(model) if model else None))
+            upstream_fp = [fp]
+            if self.store.open_stage(stage.name, fp).settled:
+                continue  # settled on a complete upstream: skipped without reading its input
+            if stage.process is None:
+                self._whole_set(stage, ctx)
+            else:
+                self._batched(stage, ctx, model)
+        return self._write_dataset()
+
+    def _whole_set(self, stage: Stage, ctx: Context) -> None:
+        """Run a whole-set stage, storing its results as they come (memory stays flat)."""
         start = time.perf_counter()
-        reverse_llm = reverse_stage.reverse_llm(config.reverse_model, self.run_dir, self.store, reverse_fp)
-        train_s = time.perf_counter() - start if config.reverse_model.train else 0.0
-        if config.reverse_model.train:
-            self.store.add_cost(reverse_stage.STAGE, train_s, 0.0, 0.0, {})
-        fp = fingerprint(
-            fp,
-            "induce",
-            llm_identity(reverse_llm),
-            config.induce.model_dump(),
-            *reverse_stage.served_weights(config.reverse_model),
-        )
-        self._model_stage(
-            "induce",
-            fp,
-            "collect",
-            reverse_llm,
-            lambda b, llm: induce_stage.process(b, llm, config.induce, inputs.decontaminator, llm.model_id),
-        )
-        fp = fingerprint(
-            fp,
-            "filter",
-            llm_identity(config.judge),
-            config.filter.model_dump(),
-            load_template(config.filter.template).sha,
-            inputs.digest.get("filter_calibration"),
-            inputs.digest.get("filter_probe"),
-        )
-        probe = functools.cache(
-            lambda llm: (
-                judge_probe.train_probe(llm, config.filter.probe, inputs.judge_requests)
-                if config.filter.probe
-                else None
-            )
-        )
-        threshold = functools.cache(
-            lambda llm: filter_stage.calibrated_threshold(llm, config.filter, inputs.benign_prompts, probe(llm))
-        )
-        induced = functools.cache(
-            lambda: self.store.outputs(induce_stage.STAGE)
-        )  # read once, when the filter first runs
-        match = functools.cache(lambda llm: filter_stage.response_match(llm, config.filter, induced()))
-        category_bars = functools.cache(
-            lambda llm: filter_stage.category_thresholds(
-                llm, config.filter, filter_stage.matched(induced(), match(llm)), threshold(llm), probe(llm)
-            )
-        )
-        self._model_stage(
-            "filter",
-            fp,
-            "induce",
-            config.judge,
-            lambda b, llm: filter_stage.process(
-                b, llm, config.filter, llm.model_id, threshold(llm), category_bars(llm), match(llm), probe(llm)
-            ),
-            info=lambda llm: {"probe": probe(llm).figures} if config.filter.probe else None,
-        )
-        fp = fingerprint(
-            fp,
-            "respond",
-            llm_identity(config.expert),
-            config.respond.model_dump(),
-            load_template(config.respond.template).sha,
-        )
-        self._model_stage(
-            "respond",
-            fp,
-            "filter",
-            config.expert,
-            lambda b, llm: respond_stage.process(b, llm, config.respond, llm.model_id),
-        )
-        fp = fingerprint(
-            fp,
-            "self_evaluate",
-            llm_identity(config.expert),
-            config.self_evaluate.model_dump(),
-            load_template(config.self_evaluate.template).sha,
-        )
-        self._model_stage(
-            "self_evaluate",
-            fp,
-            "respond",
-            config.expert,
-            lambda b, llm: self_evaluate_stage.process(b, llm, config.self_evaluate, llm.model_id),
-        )
-        fp = fingerprint(
-            fp,
-            "assemble",
-            inputs.digest.get("helpfulness"),
-            inputs.digest["released"],
-            config.helpfulness.model_dump(exclude={"path"}) if config.helpfulness else None,
-            config.assemble.model_dump(),
-            config.seed,
-        )
-        return self._assemble(fp, inputs)
+        results = iter(stage.whole_set(ctx, None))
+        while True:
+            chunk = list(itertools.islice(results, RESULT_CHUNK))
+            self.store.record(stage.name, chunk)
+            if len(chunk) < RESULT_CHUNK:
+                break
+        del results  # the rows are read back later: two copies at once would double the peak memory
+        self.store.add_cost(stage.name, time.perf_counter() - start, 0.0, 0.0, {})
+        upstream_complete = self._upstream_complete(stage.name)
+        self.store.finish_stage(stage.name, upstream_complete, settled=upstream_complete)
 
-    def _collect(self, fp: str, inputs: Inputs) -> None:
-        start = time.perf_counter()
-        if not self.store.open_stage(collect_stage.STAGE, fp).complete:
-            results = collect_stage.iter_collect(inputs.responses, self.config.clean, inputs.decontaminator)
-            while chunk := list(itertools.islice(results, COLLECT_CHUNK)):  # stored as they come: memory stays flat
-                self.store.record(collect_stage.STAGE, chunk)
-            self.store.add_cost(collect_stage.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
-            self.store.finish_stage(collect_stage.STAGE, True, settled=True)
+    def _batched(self, stage: Stage, ctx: Context, llm_config: LLMConfig) -> None:
+        """Run ``stage.process`` over the upstream records not yet done, one committed batch at a time.
 
-    def _model_stage(
-        self,
-        name: str,
-        fp: str,
-        upstream: str,
-        llm_config: LLMConfig,
-        process: Callable[[Batch, TimedLLM], list[ItemResult]],
-        info: Callable[[TimedLLM], dict[str, Any] | None] = lambda llm: None,
-    ) -> None:
-        """Run ``process`` over the upstream outputs not yet done, one committed batch at a time; ``info`` describes the work done.
-
-        A stage that finished on a complete upstream (and whose fingerprint still matches) is skipped without reading its input.
+        The whole-set pass runs before the first batch that has work; a model error fails the batch's items (kept,
+        and retried next run) and the run goes on.
         """
-        if self.store.open_stage(name, fp).settled:
-            return
+        name = stage.name
         done = self.store.done_keys(name)
         size = sys.maxsize if llm_config.batch_api else self.config.batch_size  # the Batch API: one batch per stage
         start, load_before = time.perf_counter(), self.models.load_s
         llm: TimedLLM | None = None
         model_before, usage_before = 0.0, {}
+        prepared: Any = NOT_YET  # the whole-set pass's result, once it ran
         total = 0
         progress = tqdm(desc=name, unit="item", disable=None)
-        for chunk in positioned_batches(self.store.iter_outputs(upstream), size):  # read as it goes: memory stays flat
+        for chunk in positioned_batches(self.store.iter_outputs(stage.upstream), size):  # memory stays flat
             total += len(chunk)
             progress.update(len(chunk))
             batch = [(s, r) for s, r in chunk if r["key"] not in done]
@@ -352,12 +248,12 @@ class Build:
                 llm = self.models.get(llm_config)
                 model_before, usage_before = llm.seconds, llm.usage
             try:
-                results = process(batch, llm)
+                if prepared is NOT_YET:
+                    prepared = stage.whole_set(ctx, llm) if stage.whole_set else None
+                results = stage.process(ctx, batch, llm, prepared)
             except (DamagedFileError, Unsupported):
                 raise  # a damaged cache, or a model that cannot do what the config asks: the run stops, saying why
-            except (
-                Exception
-            ) as err:  # a model error fails the batch's items, kept and retried next run; the run goes on
+            except Exception as err:  # a model error fails the batch's items, kept and retried next run
                 log.warning("%s: batch failed: %s", name, err, exc_info=log.isEnabledFor(logging.DEBUG))
                 results = [
                     ItemResult(r["key"], s, r["category"], error=f"{type(err).__name__}: {err}") for s, r in batch
@@ -373,7 +269,7 @@ class Build:
         self.store.finish_stage(
             name,
             not failed and stored == total,
-            info(llm) if llm is not None else None,
+            None if prepared is NOT_YET else stage.describe(prepared),
             settled=self._upstream_complete(name),
         )
 
@@ -381,21 +277,8 @@ class Build:
         """Whether every stage before ``name`` is complete (its input can no longer change without a new fingerprint)."""
         return all(self.store.stage(s).complete for s in ITEM_STAGES[: ITEM_STAGES.index(name)])
 
-    def _assemble(self, fp: str, inputs: Inputs) -> BuildResult:
-        start = time.perf_counter()
-        if not self.store.open_stage(assemble_stage.STAGE, fp).complete:
-            safety = [
-                assemble_stage.safety_row(r) for r in self.store.outputs(self_evaluate_stage.STAGE)
-            ] + inputs.released
-            ratio = self.config.helpfulness.ratio if self.config.helpfulness else 0.0
-            results = assemble_stage.assemble(
-                safety, inputs.helpfulness, ratio, self.config.seed, inputs.decontaminator
-            )
-            self.store.record(assemble_stage.STAGE, results)
-            del safety, results  # the rows are read back below: two copies at once would double the peak memory
-            self.store.add_cost(assemble_stage.STAGE, time.perf_counter() - start, 0.0, 0.0, {})
-            upstream_complete = self._upstream_complete(assemble_stage.STAGE)
-            self.store.finish_stage(assemble_stage.STAGE, upstream_complete, settled=upstream_complete)
+    def _write_dataset(self) -> BuildResult:
+        """The dataset files (rewritten when assemble's rows changed, or the files on disk did) and the funnel."""
         dataset_dir = self.run_dir / assemble_stage.DATASET_DIR
         written = self.store.stage(assemble_stage.STAGE).written
         if written is None or written["files"] != dataset_files(dataset_dir):  # unwritten, or changed on disk since
@@ -469,7 +352,7 @@ def run_problem(funnel: dict[str, Any], dataset_dir: Path) -> str | None:
 def build_from_file(
     config_path: str | Path, run_dir: str | Path | None = None, overrides: Sequence[str] = (), console=None
 ) -> BuildResult:
-    """``safer-instruct build CONFIG [--run-dir DIR] [KEY=VALUE ...]``."""
+    """``safer-instruct build --config CONFIG [--run-dir DIR] [KEY=VALUE ...]``."""
     from safer_instruct.pipeline.config import load_pipeline_config
 
     return build(load_pipeline_config(config_path, overrides), run_dir, console)

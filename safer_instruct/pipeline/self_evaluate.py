@@ -6,6 +6,7 @@ from typing import Any
 
 from safer_instruct.llm import LLM
 from safer_instruct.pipeline.config import SelfEvaluateConfig
+from safer_instruct.pipeline.contract import prompted_stage
 from safer_instruct.pipeline.filter import LABELS, judge
 from safer_instruct.pipeline.records import with_stage
 from safer_instruct.pipeline.store import ItemResult
@@ -46,3 +47,13 @@ def accept_refusal(seq: int, record: dict[str, Any]) -> ItemResult:
     entry = {"verdict": "safe", "by": "refusal detector (accept_refusals)", "probability": None}
     result.outputs.append(with_stage(record, STAGE, {}, entry))
     return result
+
+
+CONTRACT = prompted_stage(
+    STAGE,
+    upstream="respond",
+    reads=("key", "category", "instruction", "expert"),
+    writes=(),
+    model="expert",
+    process=process,
+)

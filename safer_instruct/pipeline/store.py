@@ -240,10 +240,6 @@ class RunStore:
     def done_keys(self, stage: str) -> set[str]:
         return {k for (k,) in self.db.execute("SELECT key FROM items WHERE stage = ? AND status = 'done'", (stage,))}
 
-    def results(self, stage: str) -> list[ItemResult]:
-        """Every stored result of a stage, in input order."""
-        return list(self.iter_results(stage))
-
     def iter_results(self, stage: str) -> Iterator[ItemResult]:
         """Every stored result of a stage, in input order, read a page at a time: memory stays flat, and
         writes may come between pages (no query stays open across them)."""

@@ -6,14 +6,14 @@ decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the ph
 three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
-request when the request is known. Weights are learned with numpy (full-batch Adam from zero, L2: deterministic) on the development set only,
-and shipped as ``refusal_v2.json``.
+request when the request is known. Weights are learned with numpy (full-batch Adam from zero, L2:
+deterministic) on the development set only, and shipped as ``refusal_v3.json``.
 
-The development set (``data/refusal_labelled_dev.jsonl``) holds v1's development half, v1's test
-half (folded in once a fresh test set existed: it had been scored twice and shared its author's
-habits with dev, so it no longer measured anything new) and the rows v2 added for the weak styles.
-The test set (``data/refusal_labelled_test_v2.jsonl``) was written apart, in other voices, before
-any v2 change, and is only scored, never trained or tuned on.
+The development set (``data/refusal_labelled_dev.jsonl``) holds v1's two halves, the rows v2 added for
+its weak styles and the rows v3 added for disclaimers worded like declines, partial answers that decline
+at the end, and small models' loosely on-topic answers. The test sets (``data/refusal_labelled_test_v2.jsonl``,
+``data/refusal_labelled_test_v3.jsonl``) were each written apart, in other voices, before the classifier
+they first measured was changed, and are only scored, never trained or tuned on.
 
 Retrain (rewrites the shipped file)::
 
@@ -40,8 +40,12 @@ from safer_instruct.refusal import LABELS, RefusalLabel, canonical, cues, prompt
 
 DATA_DIR = Path(__file__).parent / "data"
 DEV_SET = DATA_DIR / "refusal_labelled_dev.jsonl"
-TEST_SET = DATA_DIR / "refusal_labelled_test_v2.jsonl"
-WEIGHTS = Path(__file__).parent / "refusal_v2.json"
+TEST_SET_V2 = (
+    DATA_DIR / "refusal_labelled_test_v2.jsonl"
+)  # scored since v2; its weak styles were studied, so v3 wrote:
+TEST_SET_V3 = DATA_DIR / "refusal_labelled_test_v3.jsonl"  # fresh, written before any v3 change to the classifier
+TEST_SETS = (TEST_SET_V2, TEST_SET_V3)
+WEIGHTS = Path(__file__).parent / "refusal_v3.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 
 
@@ -50,8 +54,8 @@ class TrainConfig:
     """How the weights are fitted; the defaults are the shipped ones (chosen by cross-validation on dev)."""
 
     families: tuple[str, ...] = ("w", "c", "p")  # word n-grams, phrase cues, request cues
-    min_count: int = 2  # a feature must occur in this many training answers
-    l2: float = 1e-3
+    min_count: int = 3  # a feature must occur in this many training answers
+    l2: float = 3e-4
     steps: int = 400
     learning_rate: float = 0.05
 
@@ -252,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 2,
+        "version": 3,
         "trained_on": DEV_SET.name,
         "trained_on_sha256": file_sha256(DEV_SET),
         "train_config": {**config.__dict__, "families": list(config.families)},

@@ -15,9 +15,9 @@ from pydantic import Field
 
 from safer_instruct.config import LLMConfig, StrictModel, validate
 
-DEMO_ALIGNED = "runs/demo/models/dpo"
+DEMO_ALIGNED = "runs/demo/models/aligned"
 MAKE_ALIGNED_HINT = (
-    f"No aligned model yet. Make one with `make demo` (it trains `{DEMO_ALIGNED}`), "
+    f"No aligned model yet. Make one with `make demo` (it leaves the chosen checkpoint in `{DEMO_ALIGNED}`), "
     "or point `ALIGNED_MODEL` (a model folder or Hub id) or `ALIGNED_ADAPTER` (a PEFT adapter over "
     "`BASE_MODEL`) at one, then restart."
 )

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from safer_instruct.training.run import TrainResult, main, train
 
-__all__ = ["TrainResult", "main", "train"]
+__all__ = ["METHODS", "TrainResult", "main", "train"]
+
+# the training methods, each with its script (training/reverse_sft.py, ...) and recipes (recipes/<model>/sft.yaml, ...)
+METHODS = ("reverse-sft", "sft", "dpo")
 
 
 def __getattr__(name: str) -> Any:

@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterable
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.prompts.reverse import reverse_prompt
+from safer_instruct.training import METHODS
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("reverse-sft", "sft", "dpo")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

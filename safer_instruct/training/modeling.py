@@ -110,7 +110,10 @@ def _dtype(name: str | None):
 
 
 def save_merged(adapter_dir: Path, target: Path, tokenizer, dtype: str | None) -> Path:
-    """Load base + adapter at full precision, merge, save with the tokenizer; loads with AutoModelForCausalLM."""
+    """Load base + adapter unquantized in ``dtype`` (None or ``auto``: the checkpoint's), merge, save with the tokenizer.
+
+    The merged folder loads with AutoModelForCausalLM.
+    """
     from peft import AutoPeftModelForCausalLM
 
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=_dtype(dtype))

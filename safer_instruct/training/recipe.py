@@ -12,8 +12,9 @@ from safer_instruct.config import read_yaml
 from safer_instruct.device import resolve_bf16
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.resources import local_or_kit
+from safer_instruct.training import METHODS
 
-CONFIG_CLASSES = {"reverse-sft": SFTConfig, "sft": SFTConfig, "dpo": DPOConfig}
+CONFIG_CLASSES = dict(zip(METHODS, (SFTConfig, SFTConfig, DPOConfig)))
 
 
 @dataclass
@@ -59,8 +60,8 @@ class RecipeParser(TrlParser):
 def make_parser(method: str) -> RecipeParser:
     """The parser of ``training/<method>.py``, as TRL's own scripts make theirs: script arguments, the method's
     TRL config, ``ModelConfig`` and TRL's dataset mixture (``datasets:``)."""
-    if method not in CONFIG_CLASSES:
-        raise SaferInstructError(f"unknown training method {method!r}; choose one of {', '.join(CONFIG_CLASSES)}")
+    if method not in METHODS:
+        raise SaferInstructError(f"unknown training method {method!r}; choose one of {', '.join(METHODS)}")
     return RecipeParser((TrainScriptArguments, CONFIG_CLASSES[method], ModelConfig, DatasetMixtureConfig))
 
 
