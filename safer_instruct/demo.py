@@ -130,10 +130,8 @@ def shrink_pipeline(config: Any) -> None:
     if config.reverse_model.train:
         config.reverse_model.train.overrides = [*config.reverse_model.train.overrides, *TINY_STEPS]
     config.induce.candidates = 1
-    # the probe's fit reads hundreds of labelled requests through the judge: the prompted judge's verdict instead,
-    # at the default bar (the demo's is set on the probe's scale)
+    # the probe's fit reads hundreds of labelled requests through the judge: the prompted judge's verdict instead
     config.filter.probe = None
-    config.filter.threshold = type(config.filter).model_fields["threshold"].default
     if (
         config.filter.response_match
     ):  # ranked as in the full demo, without the floor: a 2-step reverse model's requests match loosely

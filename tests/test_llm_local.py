@@ -38,6 +38,73 @@ def test_batched_greedy_matches_one_at_a_time(local_llm: LocalLLM) -> None:
     assert local_llm.usage.requests >= 8
 
 
+MIXED = CHATS + [
+    [{"role": "user", "content": "Say yes."}],
+    [{"role": "user", "content": "List the days of the week, one per line, with a fact about each."}],
+    [{"role": "user", "content": "Explain in detail how a bicycle gear works and why it helps on hills."}],
+]
+
+
+def _decode_row_steps(llm: LocalLLM, run) -> int:
+    """Rows fed through one-token forwards (the decoding steps' batch sizes, summed) while ``run()`` generates."""
+    rows: list[int] = []
+
+    def hook(module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            rows.append(ids.shape[0])
+
+    handle = llm.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return sum(rows)
+
+
+@pytest.mark.parametrize("stop", [(), ("\n",), ("the", ".")])
+def test_continuous_greedy_matches_generate_token_for_token(
+    local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch, stop: tuple[str, ...]
+) -> None:
+    """The refilling batch (2 rows for 7 prompts of mixed answer lengths) answers as ``model.generate`` does."""
+    monkeypatch.setattr(local_llm, "config", local_llm.config.model_copy(update={"batch_size": 2}))
+    params = SamplingParams(max_new_tokens=40, stop=stop)
+    encoded = local_llm._encode([local_llm.render(p) for p in MIXED])
+    with torch.inference_mode():
+        expected = local_llm._generate_batched(encoded, params)
+    assert local_llm._plain_decoding()
+    answers = local_llm.generate(MIXED, params)
+    assert answers == expected  # text, token counts and finish reasons
+    assert "stop" in {g.finish_reason for g in answers}
+
+
+def test_continuous_batch_drops_finished_rows(local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short answers leave the batch: fewer row-steps than ``model.generate``, which runs every row to the longest."""
+    monkeypatch.setattr(local_llm, "config", local_llm.config.model_copy(update={"batch_size": 4}))
+    params = SamplingParams(max_new_tokens=48)
+    encoded = local_llm._encode([local_llm.render(p) for p in MIXED])
+    answers: list = []
+    with torch.inference_mode():
+        generate_rows = _decode_row_steps(local_llm, lambda: local_llm._generate_batched(encoded, params))
+    continuous_rows = _decode_row_steps(local_llm, lambda: answers.extend(local_llm.generate(MIXED, params)))
+    lengths = [g.completion_tokens for g in answers]
+    assert min(lengths) < 24 and max(lengths) == 48
+    assert continuous_rows < generate_rows
+    assert continuous_rows <= sum(lengths) * 5 // 4  # few idle row-steps
+
+
+def test_generation_config_with_processors_keeps_hf_generate(
+    local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repetition penalty (or any logits processing) is HF's job: greedy then goes through ``model.generate``."""
+    monkeypatch.setattr(local_llm.model.generation_config, "repetition_penalty", 5.0)
+    assert not local_llm._plain_decoding()
+    penalised = local_llm.generate(CHATS[2:3], SamplingParams(max_new_tokens=24))[0]
+    monkeypatch.undo()
+    assert local_llm._plain_decoding()
+    assert penalised.text != local_llm.generate(CHATS[2:3], SamplingParams(max_new_tokens=24))[0].text
+
+
 def test_stop_strings_and_raw_prompts(local_llm: LocalLLM) -> None:
     raw = "Below is a response to a certain instruction. Write the instruction that the response is trying to complete.\n\n### response:\nParis is the capital of France.\n\n### Instruction:\n"
     free = local_llm.generate([raw], SamplingParams(max_new_tokens=30))[0]

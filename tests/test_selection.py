@@ -171,4 +171,3 @@ def test_the_full_demo_chooses_also_on_the_probes_held_out_requests(monkeypatch)
         "safety": ["Insult my neighbour."],
         "helpfulness": ["How do I boil an egg?"],
     }
-    assert demo.pipeline_config(tiny).filter.threshold == 0.5  # no probe: the prompted judge at its default bar

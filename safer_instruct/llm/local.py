@@ -1,9 +1,14 @@
-"""In-process transformers backend: batched, left-padded, length-sorted; 4-bit and PEFT adapters."""
+"""In-process transformers backend: batched, left-padded, length-sorted; 4-bit and PEFT adapters.
+
+Greedy generation decodes continuously: a row that finishes leaves the batch and a waiting prompt takes its
+place, so short answers (declines stop after a dozen tokens) do not wait for the batch's longest one.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -110,12 +115,65 @@ class LocalLLM(LLM):
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         encoded = self._encode([self.render(p) for p in prompts])
-        results: list[Generation | None] = [None] * len(prompts)
         with self._lock, torch.inference_mode():
-            for batch in self._batches(encoded, f"generate [{self.model_id}]"):
-                for index, generation in zip(batch, self._generate_batch([encoded[i] for i in batch], params)):
-                    results[index] = generation
-                    self.usage.add(generation.prompt_tokens, generation.completion_tokens)
+            if params.greedy and self._plain_decoding():
+                results = self._generate_continuous(encoded, params)
+            else:
+                results = self._generate_batched(encoded, params)
+        for generation in results:
+            self.usage.add(generation.prompt_tokens, generation.completion_tokens)
+        return results
+
+    def _generate_batched(self, encoded: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """``model.generate`` on each length-sorted batch (sampling: its random stream is HF's)."""
+        results: list[Generation | None] = [None] * len(encoded)
+        for batch in self._batches(encoded, f"generate [{self.model_id}]"):
+            for index, generation in zip(batch, self._generate_batch([encoded[i] for i in batch], params)):
+                results[index] = generation
+        return results  # type: ignore[return-value]
+
+    def _plain_decoding(self) -> bool:
+        """Can greedy decoding be an argmax over a plain KV cache (what the continuous loop does)?
+
+        Not when the generation config asks for logits processing (penalties, banned words...) or the
+        model's cache is not a plain dynamic one (sliding windows, linear attention): those keep ``model.generate``.
+        """
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        config = self.model.generation_config.to_diff_dict()
+        if set(config) - _PLAIN_GENERATION_KEYS:
+            return False
+        return all(type(layer) is DynamicLayer for layer in DynamicCache(config=self.model.config).layers)
+
+    def _generate_continuous(self, encoded: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Greedy decoding with a batch that refills, with HF's inputs per row (prefill with ``logits_to_keep=1``,
+        positions from the attention mask, argmax in float32): the answers ``model.generate`` gives, with less waste.
+
+        Prompts enter longest first; a finished row (EOS, stop string, ``max_new_tokens``) stays until a quarter
+        of the batch is finished, then the finished rows and their KV cache leave and waiting prompts, prefilled
+        together, join on the left-padded cache.
+        """
+        waiting = deque(sorted(range(len(encoded)), key=lambda i: -len(encoded[i])))
+        rows = _Rows(self.model, self.tokenizer.pad_token_id, self.device)
+        done = _Finisher(self, params)
+        results: list[Generation | None] = [None] * len(encoded)
+        size = self.config.batch_size
+        show = self.show_progress and len(encoded) > size
+        with tqdm(
+            total=len(encoded), desc=f"generate [{self.model_id}]", unit="prompt", disable=not show, leave=False
+        ) as bar:
+            while waiting or rows.live:
+                if 4 * (len(rows.index) - len(rows.live)) >= len(rows.index) or not rows.live:
+                    rows.compact()
+                    admit = [waiting.popleft() for _ in range(min(size - len(rows.index), len(waiting)))]
+                    if admit:
+                        rows.add(admit, [encoded[i] for i in admit])
+                        done.check(rows, admit, encoded, results, bar)
+                        continue
+                stepped = list(rows.live)
+                rows.step()
+                done.check(rows, stepped, encoded, results, bar)
         return results  # type: ignore[return-value]
 
     def _generate_batch(self, rows: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -136,11 +194,14 @@ class LocalLLM(LLM):
             kwargs |= {"stop_strings": list(params.stop), "tokenizer": self.tokenizer}
         return kwargs
 
-    def _to_generation(self, prompt_ids: list[int], tokens: torch.Tensor, params: SamplingParams) -> Generation:
+    def _to_generation(
+        self, prompt_ids: list[int], tokens: torch.Tensor | list[int], params: SamplingParams, stopped: bool = False
+    ) -> Generation:
+        """The answer in ``tokens`` (cut at the first EOS and stop string); ``stopped``: a stop string ended it."""
         eos_ids = self._eos_ids()
-        ids = tokens.tolist()
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         end = next((i for i, tok in enumerate(ids) if tok in eos_ids), None)
-        finish = "stop" if end is not None else "length"
+        finish = "stop" if end is not None or stopped else "length"
         ids = ids[:end] if end is not None else ids
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in params.stop:
@@ -297,6 +358,157 @@ class LocalLLM(LLM):
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+_PLAIN_GENERATION_KEYS = {
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "transformers_version",
+    "_from_model_config",
+    "max_length",
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+}  # generation-config keys that leave greedy decoding a plain argmax
+
+
+class _Rows:
+    """The rows decoding together: their prompts' indices, tokens so far, KV cache, attention mask and positions.
+
+    Rows are right-aligned (left padding), so each step appends one column for all. Finished rows stay (their
+    tokens are ignored) until ``compact`` drops them, with the leading columns only padding fills.
+    """
+
+    def __init__(self, model, pad_id: int, device: torch.device) -> None:
+        self.model, self.pad_id, self.device = model, pad_id, device
+        self.index: list[int] = []  # prompt index per row
+        self.live: list[int] = []  # the rows' prompt indices still decoding
+        self.tokens: dict[int, list[int]] = {}
+        self.cache = None
+        self.mask = self.positions = self.last = None
+
+    def add(self, index: list[int], prompts: list[list[int]]) -> None:
+        """Prefill ``prompts`` in one left-padded pass; each gets its first token and joins the batch."""
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prompts)
+        device = self.device
+        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        first = out.logits[:, -1].float().argmax(dim=-1)
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        if self.cache is None:
+            self.cache, self.mask, self.positions, self.last = cache, mask, lengths, first
+        else:
+            self.cache, self.mask = _join_caches(self.cache, self.mask, cache, mask)
+            self.positions = torch.cat([self.positions, lengths])
+            self.last = torch.cat([self.last, first])
+        for i, token in zip(index, first.tolist()):
+            self.tokens[i] = [token]
+        self.index += index
+        self.live += index
+
+    def step(self) -> None:
+        """One decoding step for every row: feed each row's last token, append its argmax."""
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        out = self.model(
+            input_ids=self.last[:, None],
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.positions = self.positions + 1
+        self.last = out.logits[:, -1].float().argmax(dim=-1)
+        live = set(self.live)
+        for i, token in zip(self.index, self.last.tolist()):
+            if i in live:
+                self.tokens[i].append(token)
+
+    def finish(self, i: int) -> list[int]:
+        """Take row ``i`` out of decoding; its tokens."""
+        self.live.remove(i)
+        return self.tokens.pop(i)
+
+    def compact(self) -> None:
+        """Drop the finished rows, their cache and the leading columns left with only padding."""
+        if self.cache is None or len(self.live) == len(self.index):
+            return
+        if not self.live:
+            self.cache = self.mask = self.positions = self.last = None
+            self.index = []
+            return
+        live = set(self.live)
+        keep = torch.tensor([j for j, i in enumerate(self.index) if i in live], device=self.mask.device)
+        mask = self.mask[keep]
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])  # first column some row still reads
+        self.mask = mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[keep, :, start:]
+            layer.values = layer.values[keep, :, start:]
+        self.positions, self.last = self.positions[keep], self.last[keep]
+        self.index = [i for i in self.index if i in live]
+
+
+def _join_caches(cache, mask: torch.Tensor, other, other_mask: torch.Tensor):
+    """Stack two right-aligned batches (cache and mask), left-padding the narrower one to the other's width."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - tensor.shape[dim]
+        if not missing:
+            return tensor
+        shape = list(tensor.shape)
+        shape[dim] = missing
+        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+    for layer, new in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([pad(layer.keys, 2), pad(new.keys, 2)])
+        layer.values = torch.cat([pad(layer.values, 2), pad(new.values, 2)])
+    return cache, torch.cat([pad(mask, 1), pad(other_mask, 1)])
+
+
+class _Finisher:
+    """Decides when a row is done, as ``model.generate`` would: EOS, a stop string, or ``max_new_tokens``."""
+
+    def __init__(self, llm: LocalLLM, params: SamplingParams) -> None:
+        from transformers import StopStringCriteria
+
+        self.llm, self.params = llm, params
+        self.eos = llm._eos_ids()
+        self.stop = (
+            StopStringCriteria(tokenizer=llm.tokenizer, stop_strings=list(params.stop)) if params.stop else None
+        )
+
+    def check(self, rows: _Rows, index: list[int], encoded: list[list[int]], results: list, bar) -> None:
+        """Finish those of ``index``'s rows that are done: their generation goes into ``results``."""
+        stopped = self._stop_strings(rows, index, encoded)
+        for i, by_string in zip(index, stopped):
+            tokens = rows.tokens[i]
+            if tokens[-1] in self.eos or len(tokens) >= self.params.max_new_tokens or by_string:
+                tokens = rows.finish(i)
+                results[i] = self.llm._to_generation(encoded[i], tokens, self.params, stopped=by_string)
+                bar.update(1)
+
+    def _stop_strings(self, rows: _Rows, index: list[int], encoded: list[list[int]]) -> list[bool]:
+        """Has a stop string just ended in each row's prompt + answer (HF's criterion, on each row's tail)?"""
+        if self.stop is None:
+            return [False] * len(index)
+        width, pad = self.stop.maximum_token_len, rows.pad_id
+        tails = [(encoded[i] + rows.tokens[i])[-width:] for i in index]
+        ids = torch.tensor([[pad] * (width - len(tail)) + tail for tail in tails])
+        return self.stop(ids, None).tolist()
 
 
 def _stop_when_set(event: threading.Event):
