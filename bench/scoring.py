@@ -1,19 +1,22 @@
 """Refusal scorers against the hand-labelled refusal sets: which one to ship, and how well it does.
 
-(a) ``dev_cv``: every candidate, 5-fold cross-validation on the development set (folds
-    stratified by style, seeded): the choice of scorer and of its settings is made here only.
-(b) ``scorers``: each candidate trained on the whole development set, scored on each test set
-    (``refusal_labelled_test_v2.jsonl``: five voices, written before any v2 change;
-    ``refusal_labelled_test_v3.jsonl``: four other voices, written before any v3 change, after v2's
-    weak styles had been studied on v2): three-way accuracy and Cohen's kappa, the binary reading
-    (refusal = full or partial), accuracy per style and per model voice; and answers/s.
+(a) ``leave_one_voice_out``, the selection criterion: every candidate, each model voice of the labelled sets
+    (dev and the seen test sets) held out in turn, trained on the training rows (``classifier.TRAIN_SETS``) of
+    the other voices, scored on every row of the held-out voice: the proxy for a voice never seen (overall, the
+    mean over voices, the worst voice and style);
+(b) ``dev_cv``: 5-fold cross-validation on the training rows (folds stratified by style, seeded);
+(c) ``scorers``: each candidate trained on all training rows, scored on each set only scored
+    (``refusal_labelled_test_v2.jsonl``, seen) and on each ``--test-set`` (a fresh set, scored once after the
+    classifier is frozen): three-way accuracy and Cohen's kappa, the binary reading (refusal = full or partial),
+    accuracy per style and per model voice; and answers/s (on the last set).
 
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
 logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
-(n-grams + cues) without and with the requests, and with ``--hidden-head`` a logistic head on
+(n-grams + cues; with the requests also request cues and, where the answer does not engage with it, the
+request's words) without and with the requests, and with ``--hidden-head`` a logistic head on
 the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
 
-    python bench/scoring.py [--hidden-head] [--json PATH]
+    python bench/scoring.py [--hidden-head] [--cv-only | --tests-only] [--test-set PATH ...] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from common import write_report  # noqa: E402
 
 from safer_instruct.refusal import LABELS, classifier, rule_refusal  # noqa: E402
 from safer_instruct.refusal.classifier import (  # noqa: E402
-    DEV_SET,
+    LABELLED_SETS,
     TEST_SETS,
+    TRAIN_SETS,
     LabelledCase,
     TrainConfig,
     fit_softmax,
@@ -83,11 +87,15 @@ def fit_rules(_: list[LabelledCase]) -> Predict:
     return lambda texts, prompts: ["full_refusal" if rule_refusal(t) else "full_compliance" for t in texts]
 
 
-def fit_logistic(families: tuple[str, ...]) -> Fit:
-    """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` request cues)."""
+def fit_logistic(families: tuple[str, ...], with_prompts: bool) -> Fit:
+    """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` and ``q`` request
+    cues): only the head that reads the answers as they will be given (alone, or with their requests)."""
 
     def fit(cases: list[LabelledCase]) -> Predict:
-        return classifier.train(cases, TrainConfig(families=families)).predict
+        prompts = [c.prompt if with_prompts else "" for c in cases]
+        labels = [c.label for c in cases]
+        head = classifier.fit_head([c.completion for c in cases], prompts, labels, TrainConfig(families=families))
+        return classifier.RefusalClassifier(head, head).predict
 
     return fit
 
@@ -170,6 +178,22 @@ def cross_validate(
     }
 
 
+def leave_one_voice_out(fit: Fit, pool: list[LabelledCase], trainable: Sequence[bool], with_prompts: bool) -> dict:
+    """Each voice in turn held out: trained on the other voices' trainable rows, scored on every row of the voice
+    (the proxy for a voice never seen); accuracy over all rows, the mean over voices, per voice and per style."""
+    predicted = [""] * len(pool)
+    for voice in sorted({c.voice for c in pool}):
+        held = [i for i, c in enumerate(pool) if c.voice == voice]
+        predict = fit([c for c, ok in zip(pool, trainable) if ok and c.voice != voice])
+        prompts = [pool[i].prompt for i in held] if with_prompts else None
+        for i, label in zip(held, predict([pool[i].completion for i in held], prompts)):
+            predicted[i] = label
+    result = figures(pool, predicted)
+    result["voice_mean"] = round(float(np.mean(list(result["by_voice"].values()))), 4)
+    result["worst_voice"] = min(result["by_voice"].items(), key=lambda item: item[1])
+    return result
+
+
 def timed(predict: Predict, texts: list[str], prompts: list[str] | None, repeats: int = 3) -> float:
     """Answers per second, best of ``repeats`` passes over ``texts`` one answer at a time."""
     best = float("inf")
@@ -187,46 +211,69 @@ def main() -> None:
         "--hidden-head", action="store_true", help="also a head on the default model's hidden states (slow)"
     )
     parser.add_argument(
-        "--dev-only", action="store_true", help="only the cross-validation on dev (for choosing; no test figures)"
+        "--test-set",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also score this labelled set, fresh (repeatable; answers/s are timed on the last set scored)",
     )
+    parser.add_argument(
+        "--cv-only", action="store_true", help="only the cross-validations (for choosing; no test figures)"
+    )
+    parser.add_argument("--tests-only", action="store_true", help="only the test figures (no cross-validation)")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
-    dev, tests = load_cases(DEV_SET), {path.stem.rsplit("_", 1)[-1]: load_cases(path) for path in TEST_SETS}
+    train_cases = [c for path in TRAIN_SETS for c in load_cases(path)]
+    pool = {path: load_cases(path) for path in LABELLED_SETS}
+    pool_cases = [c for cases in pool.values() for c in cases]
+    trainable = [path in TRAIN_SETS for path, cases in pool.items() for _ in cases]
+    tests = {Path(path).name: load_cases(path) for path in [*TEST_SETS, *args.test_set]}
     full = TrainConfig.families
     candidates: dict[str, tuple[Fit, bool]] = {  # name -> (learner, given the prompts)
         "phrase rules (earlier detector)": (fit_rules, False),
-        "logistic: word n-grams": (fit_logistic(("w",)), False),
-        "logistic: phrase cues": (fit_logistic(("c",)), False),
-        "logistic: n-grams + cues, answer only (shipped, no prompt column)": (fit_logistic(full), False),
-        "logistic: n-grams + cues + request cues (shipped, with prompts)": (fit_logistic(full), True),
+        "logistic: word n-grams": (fit_logistic(("w",), False), False),
+        "logistic: phrase cues": (fit_logistic(("c",), False), False),
+        "logistic: n-grams + cues, answer only (shipped, no prompt column)": (fit_logistic(full, False), False),
+        "logistic: n-grams + cues + request cues (shipped, with prompts)": (fit_logistic(full, True), True),
     }
     if args.hidden_head:
         candidates["logistic head on default-model hidden states"] = (HiddenHead(HiddenStates()), False)
     report: dict = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
-        "dev": {"file": DEV_SET.name, "n": len(dev)},
-        "test": {name: {"file": path.name, "n": len(tests[name])} for name, path in zip(tests, TEST_SETS)},
+        "trained_on": {path.name: len(pool[path]) for path in TRAIN_SETS},
+        "voices_held_out_from": {path.name: len(cases) for path, cases in pool.items()},
+        "test": {name: len(cases) for name, cases in tests.items()},
         "dev_cv": {},
+        "leave_one_voice_out": {},
         "scorers": {},
     }
     for name, (fit, with_prompts) in candidates.items():
-        print(f"{name}: cross-validating on dev", file=sys.stderr, flush=True)
-        report["dev_cv"][name] = cross_validate(fit, dev, with_prompts)
-        if args.dev_only:
+        if not args.tests_only:
+            print(f"{name}: cross-validating", file=sys.stderr, flush=True)
+            report["dev_cv"][name] = cross_validate(fit, train_cases, with_prompts)
+            report["leave_one_voice_out"][name] = leave_one_voice_out(fit, pool_cases, trainable, with_prompts)
+        if args.cv_only:
             continue
-        predict, scored = fit(dev), {}
-        for test_name, test in tests.items():
-            texts, prompts = [c.completion for c in test], [c.prompt for c in test] if with_prompts else None
-            scored[test_name] = figures(test, predict(texts, prompts))
-        texts = [c.completion for c in tests["v3"]]
-        prompts = [c.prompt for c in tests["v3"]] if with_prompts else None
-        if isinstance(fit, HiddenHead):  # time the model pass too: once, on answers it has not seen yet
-            fit.states.cache.clear()
-            scored["answers_per_s"] = timed(predict, texts[:64], None, repeats=1)
-        else:
-            scored["answers_per_s"] = timed(predict, texts, prompts)
-        report["scorers"][name] = scored
+        report["scorers"][name] = score_tests(fit, train_cases, tests, with_prompts)
     write_report(report, args.json)
+
+
+def score_tests(
+    fit: Fit, train_cases: list[LabelledCase], tests: dict[str, list[LabelledCase]], with_prompts: bool
+) -> dict:
+    """One learner trained on the training sets, scored on each test set; answers/s on the last one."""
+    predict, scored = fit(train_cases), {}
+    for test_name, test in tests.items():
+        texts, prompts = [c.completion for c in test], [c.prompt for c in test] if with_prompts else None
+        scored[test_name] = figures(test, predict(texts, prompts))
+    last = tests[list(tests)[-1]]
+    texts, prompts = [c.completion for c in last], [c.prompt for c in last] if with_prompts else None
+    if isinstance(fit, HiddenHead):  # time the model pass too: once, on answers it has not seen yet
+        fit.states.cache.clear()
+        scored["answers_per_s"] = timed(predict, texts[:64], None, repeats=1)
+    else:
+        scored["answers_per_s"] = timed(predict, texts, prompts)
+    return scored
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Two model processes on the same cores: OpenMP threads that spin (ACTIVE) against threads that sleep (PASSIVE).
+"""Two model processes on the same cores: OpenMP threads that spin (ACTIVE) against threads that sleep (PASSIVE),
+and the kit's thread choice (``safer_instruct.device.configure_threads``: the cores no other task holds) against
+torch's default of one thread per core.
 
 A workload shaped like the default model's layers (SmolLM2-135M: hidden 576, MLP 1536, batch of 64 tokens, forward
-and backward) runs alone, then next to a second copy of itself, under each OMP_WAIT_POLICY. Each side runs in a
-fresh process (the policy is read when torch loads its OpenMP runtime). The kit sets PASSIVE unless told otherwise.
+and backward) runs alone, then next to a second copy of itself, under each OMP_WAIT_POLICY, and under PASSIVE with
+the kit's choice. Each side runs in a fresh process (the policy is read when torch loads its OpenMP runtime). The
+kit sets PASSIVE unless told otherwise, and picks its threads where it loads or runs a model.
 
     python bench/threads.py [--steps 150] [--json PATH]
 """
@@ -19,6 +22,7 @@ from common import write_report
 
 WORKLOAD = """
 import time, torch
+{setup}
 torch.manual_seed(0)
 layers = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(576, 1536), torch.nn.SiLU(), torch.nn.Linear(1536, 576))
                                for _ in range(4)])
@@ -32,15 +36,19 @@ print(time.perf_counter() - start)
 """
 
 
-def timed(policy: str, steps: int, competitor: bool) -> float:
-    """Seconds the measured process takes, alone or beside a competitor with the same policy."""
+KIT_THREADS = "from safer_instruct.device import configure_threads; configure_threads()"
+
+
+def timed(policy: str, steps: int, competitor: bool, setup: str = "") -> float:
+    """Seconds the measured process takes, alone or beside a competitor (torch's default threads, same policy)."""
     env = {k: v for k, v in os.environ.items() if k not in {"OMP_NUM_THREADS", "OMP_WAIT_POLICY"}} | {
         "OMP_WAIT_POLICY": policy
     }
-    code = WORKLOAD.format(steps=steps)
+    code = WORKLOAD.format(steps=steps, setup=setup)
+    rival_code = WORKLOAD.format(steps=steps * 4, setup="")
     rival = (
         subprocess.Popen(
-            [sys.executable, "-c", code.replace(f"range({steps})", f"range({steps * 4})")],
+            [sys.executable, "-c", rival_code],
             env=env,
             stdout=subprocess.DEVNULL,
         )
@@ -66,7 +74,7 @@ def main() -> None:
         f"{policy.lower()}_{side}": timed(policy, args.steps, side == "shared")
         for policy in ("ACTIVE", "PASSIVE")
         for side in ("alone", "shared")
-    }
+    } | {f"kit_{side}": timed("PASSIVE", args.steps, side == "shared", KIT_THREADS) for side in ("alone", "shared")}
     write_report(
         {
             "cores": len(os.sched_getaffinity(0)),
@@ -74,6 +82,8 @@ def main() -> None:
             "seconds": seconds,
             "passive_vs_active_alone": round(seconds["active_alone"] / seconds["passive_alone"], 3),
             "passive_vs_active_shared": round(seconds["active_shared"] / seconds["passive_shared"], 3),
+            "kit_vs_default_threads_shared": round(seconds["passive_shared"] / seconds["kit_shared"], 3),
+            "kit_vs_default_threads_alone": round(seconds["passive_alone"] / seconds["kit_alone"], 3),
         },
         args.json,
     )

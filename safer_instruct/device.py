@@ -11,11 +11,14 @@ import functools
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 import torch
 
 logger = logging.getLogger(__name__)
 THREADS_ENV = "SAFER_INSTRUCT_THREADS"
+CORES = torch.get_num_threads()  # torch's default before the kit changes it: this process's physical cores
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -71,12 +74,38 @@ def resolve_bf16(value: object, device: str | None = None) -> bool:
     return bool(value)
 
 
+def busy_cores(samples: int = 3, interval: float = 0.01) -> float:
+    """Other tasks running on this machine now: the runnable count of ``/proc/loadavg`` less this process's own
+    thread, averaged over a few samples (0 where there is no ``/proc``)."""
+    counts = []
+    for sample in range(samples):
+        try:
+            runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        counts.append(max(runnable - 1, 0))
+        if sample < samples - 1:
+            time.sleep(interval)
+    return sum(counts) / len(counts)
+
+
 def configure_threads() -> int | None:
-    """``SAFER_INSTRUCT_THREADS=N`` caps torch's CPU threads in this process (``OMP_NUM_THREADS`` works too, read by
-    torch itself); unset, torch's own default stays. Returns the cap applied, if any."""
+    """Set torch's CPU threads for the work about to start; returns the number set, None when the user's stands.
+
+    ``SAFER_INSTRUCT_THREADS=N`` caps them (``OMP_NUM_THREADS`` works too, read by torch itself). Unset, the
+    kit uses the cores no other task is using now: a matmul split over two threads when another job holds one of
+    two cores waits at every barrier for the descheduled thread, several times slower than one thread alone
+    (``bench/threads.py``). Called at each model load and generation, so it follows a job that starts or ends.
+    """
     value = os.environ.get(THREADS_ENV, "").strip()
     if not value:
-        return None
+        if os.environ.get("OMP_NUM_THREADS"):
+            return None
+        threads = max(1, CORES - round(busy_cores()))
+        if threads != torch.get_num_threads():
+            logger.info("threads: %d of %d cores (%d held by other tasks)", threads, CORES, CORES - threads)
+            torch.set_num_threads(threads)
+        return threads
     try:
         threads = int(value)
     except ValueError:

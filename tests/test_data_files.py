@@ -59,6 +59,20 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
         "style": str,
         "voice": str,
     },
+    "safer_instruct/refusal/data/refusal_labelled_test_v4.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+    "safer_instruct/refusal/data/refusal_labelled_test_v5.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
@@ -263,7 +277,7 @@ def test_refusal_labelled_set_is_decontaminated() -> None:
     """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
     labelled = [
         r
-        for part in ("dev", "test_v2", "test_v3")
+        for part in ("dev", "test_v2", "test_v3", "test_v4", "test_v5")
         for r in rows(f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl")
     ]
     for field in ("prompt", "completion"):

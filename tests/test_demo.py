@@ -1,22 +1,38 @@
-"""The main job, reduced (``--tiny``): every step end to end, each artefact loads, a rerun resumes."""
+"""The main job, reduced (``--tiny``), as a user runs it: the kit installed from a wheel into a fresh venv
+(``kit_install.py``), ``safer-instruct demo --tiny`` in an empty folder; every step end to end, each artefact
+loads, a rerun resumes."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kit_install import install_kit_wheel, kit_location
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow  # every test runs the demo's command in a subprocess (most the whole --tiny demo)
+pytestmark = pytest.mark.slow  # every test runs the installed kit's demo command in a subprocess
 
 
-def run_demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+@dataclass
+class InstalledDemo:
+    """The installed kit's command, the empty folder it ran in, and its first run."""
+
+    command: Path
+    python: Path
+    folder: Path
+    run_dir: Path
+    result: subprocess.CompletedProcess
+
+
+def run_demo(command: Path, folder: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "safer_instruct.cli", "demo", "--tiny", "--run-dir", str(run_dir), *extra],
-        cwd=REPO,
+        [str(command), "demo", "--tiny", *extra],
+        cwd=folder,
+        env={**os.environ, "TQDM_DISABLE": "1"},
         capture_output=True,
         text=True,
         timeout=1500,
@@ -24,11 +40,30 @@ def run_demo(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    run_dir = tmp_path_factory.mktemp("demo") / "run"
-    result = run_demo(run_dir)
+def installed_demo(tmp_path_factory: pytest.TempPathFactory) -> InstalledDemo:
+    root = tmp_path_factory.mktemp("installed")
+    python = install_kit_wheel(root)
+    folder = root / "elsewhere"
+    folder.mkdir()
+    command = python.parent / "safer-instruct"
+    result = run_demo(command, folder)  # the default --run-dir: runs/demo in the working folder
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return run_dir, result
+    return InstalledDemo(command, python, folder, folder / "runs" / "demo", result)
+
+
+@pytest.fixture(scope="module")
+def demo_run(installed_demo: InstalledDemo) -> tuple[Path, subprocess.CompletedProcess]:
+    return installed_demo.run_dir, installed_demo.result
+
+
+def test_installed_kit_runs_the_demo_from_an_empty_folder(installed_demo: InstalledDemo) -> None:
+    """The wheel carries its configs, data, recipes and templates: nothing is read from the checkout."""
+    assert "/venv/" in kit_location(installed_demo.python, installed_demo.folder)
+    release = installed_demo.run_dir / "release"
+    assert (release / "model" / "config.json").is_file() and (release / "space" / "app.py").is_file()
+    assert (release / "dataset" / "README.md").is_file() and (
+        installed_demo.run_dir / "eval" / "results.json"
+    ).is_file()
 
 
 def test_summary_names_artefacts_numbers_and_the_space_command(demo_run) -> None:
@@ -39,19 +74,20 @@ def test_summary_names_artefacts_numbers_and_the_space_command(demo_run) -> None
     assert "Dataset rows per category" in out and "helpfulness" in out
     assert "harmlessness" in out and "over_refusal" in out and "capability kept" in out
     assert "precision:" in result.stderr  # the dtype `auto` chose, said once per process
-    assert f"safer-instruct space --aligned-adapter {run_dir / 'models' / 'aligned'}" in out
+    assert f"safer-instruct space --aligned-adapter {Path('runs/demo/models/aligned')}" in out  # as run, relative
 
 
-def test_aligned_checkpoint_is_chosen_on_the_validation_split(demo_run) -> None:
-    run_dir = demo_run[0]
+def test_aligned_checkpoint_is_chosen_on_the_validation_split(installed_demo: InstalledDemo) -> None:
+    run_dir = installed_demo.run_dir
     selection = json.loads((run_dir / "models" / "aligned" / "selection.json").read_text())
     sweep = {s["name"]: s for s in selection["sweep"]}
     assert list(sweep) == ["sft", "step 1", "step 2"]  # the SFT adapter and both tiny DPO checkpoints
     assert selection["chosen"] in sweep and selection["over_refusal_bound"] == 0.15
     assert all(s["n_unsafe"] >= 1 and s["n_benign"] >= 1 for s in sweep.values())
     chosen = sweep[selection["chosen"]]
+    chosen_folder = installed_demo.folder / chosen["path"]  # as given: relative to where the demo ran
     assert (run_dir / "models" / "aligned" / "adapter_model.safetensors").read_bytes() == (
-        Path(chosen["path"]) / "adapter_model.safetensors"
+        chosen_folder / "adapter_model.safetensors"
     ).read_bytes()
     assert (run_dir / "models" / "aligned" / "selection.png").is_file()
     answers = [
@@ -61,7 +97,7 @@ def test_aligned_checkpoint_is_chosen_on_the_validation_split(demo_run) -> None:
     assert {a["candidate"] for a in answers} == set(sweep)
     assert len(answers) == sum(s["n_unsafe"] + s["n_benign"] for s in sweep.values())
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert results["config"]["models"]["aligned"]["adapter"] == str(run_dir / "models" / "aligned")
+    assert results["config"]["models"]["aligned"]["adapter"] == str(Path("runs/demo/models/aligned"))  # as run
     from datasets import load_dataset
 
     validation = load_dataset("parquet", data_files=str(run_dir / "dataset" / "validation-*.parquet"))["train"]
@@ -102,20 +138,20 @@ def test_space_release_folder_is_complete(demo_run) -> None:
     assert {"app.py", "requirements.txt", "README.md"} <= {p.name for p in folder.iterdir()}
 
 
-def test_rerun_resumes_without_redoing_finished_steps(demo_run) -> None:
-    run_dir, _ = demo_run
+def test_rerun_resumes_without_redoing_finished_steps(installed_demo: InstalledDemo) -> None:
+    run_dir = installed_demo.run_dir
     dataset_before = sorted(p.read_bytes() for p in (run_dir / "dataset").glob("*.parquet"))
     adapter_mtime = (run_dir / "models" / "dpo" / "adapter_model.safetensors").stat().st_mtime
     selection_mtime = (run_dir / "models" / "aligned" / "selection.json").stat().st_mtime
-    rerun = run_demo(run_dir)
+    rerun = run_demo(installed_demo.command, installed_demo.folder)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert sorted(p.read_bytes() for p in (run_dir / "dataset").glob("*.parquet")) == dataset_before
     assert (run_dir / "models" / "dpo" / "adapter_model.safetensors").stat().st_mtime == adapter_mtime
     assert (run_dir / "models" / "aligned" / "selection.json").stat().st_mtime == selection_mtime
 
 
-def test_push_needs_an_org(tmp_path: Path) -> None:
-    result = run_demo(tmp_path / "run", "--push")
+def test_push_needs_an_org(installed_demo: InstalledDemo, tmp_path: Path) -> None:
+    result = run_demo(installed_demo.command, tmp_path, "--push")
     assert result.returncode == 2 and "--push needs --org ORG" in result.stderr
 
 

@@ -68,7 +68,7 @@ def test_continuous_greedy_matches_generate_token_for_token(
 ) -> None:
     """The refilling batch (2 rows for 7 prompts of mixed answer lengths) answers as ``model.generate`` does."""
     monkeypatch.setattr(local_llm, "config", local_llm.config.model_copy(update={"batch_size": 2}))
-    params = SamplingParams(max_new_tokens=40, stop=stop)
+    params = SamplingParams(max_new_tokens=24, stop=stop)
     encoded = local_llm._encode([local_llm.render(p) for p in MIXED])
     with torch.inference_mode():
         expected = local_llm._generate_batched(encoded, params)
@@ -81,14 +81,14 @@ def test_continuous_greedy_matches_generate_token_for_token(
 def test_continuous_batch_drops_finished_rows(local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     """Short answers leave the batch: fewer row-steps than ``model.generate``, which runs every row to the longest."""
     monkeypatch.setattr(local_llm, "config", local_llm.config.model_copy(update={"batch_size": 4}))
-    params = SamplingParams(max_new_tokens=48)
+    params = SamplingParams(max_new_tokens=32)
     encoded = local_llm._encode([local_llm.render(p) for p in MIXED])
     answers: list = []
     with torch.inference_mode():
         generate_rows = _decode_row_steps(local_llm, lambda: local_llm._generate_batched(encoded, params))
     continuous_rows = _decode_row_steps(local_llm, lambda: answers.extend(local_llm.generate(MIXED, params)))
     lengths = [g.completion_tokens for g in answers]
-    assert min(lengths) < 24 and max(lengths) == 48
+    assert min(lengths) < 16 and max(lengths) == 32
     assert continuous_rows < generate_rows
     assert continuous_rows <= sum(lengths) * 5 // 4  # few idle row-steps
 
@@ -175,6 +175,26 @@ def test_loglikelihood_matches_full_sequence_scoring(local_llm: LocalLLM, tmp_pa
     assert cached.loglikelihood(CHATS, answers) == scores and cached.hits == len(
         CHATS
     )  # the second time from the cache
+
+
+def test_hidden_states_stop_at_the_deepest_layer_and_match_a_full_pass(local_llm: LocalLLM) -> None:
+    """Layers below the last are read as the next decoder layer takes them in; the pass runs no further."""
+    calls: list[int] = []
+    blocks = local_llm.model.get_decoder().layers
+    handles = [block.register_forward_pre_hook(lambda *_, i=i: calls.append(i)) for i, block in enumerate(blocks)]
+    try:
+        early = local_llm.hidden_states(CHATS[:3], [0, 17, 5])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert max(calls) == 17  # layers 0..16 ran; layer 17 was stopped as it began
+    encoded = local_llm._encode([local_llm.render(p) for p in CHATS[:3]])
+    with torch.inference_mode():
+        full = local_llm.model(**local_llm._pad_left(encoded), output_hidden_states=True, use_cache=False)
+    expected = torch.stack([full.hidden_states[k][:, -1] for k in (0, 17, 5)], dim=1).float().numpy()
+    assert (early == expected).all()
+    last = local_llm.hidden_states(CHATS[:3], [-1])  # the last (normed) state needs the whole pass
+    assert (last[:, 0] == full.hidden_states[-1][:, -1].float().numpy()).all()
 
 
 def test_peft_adapter_folder_loads_and_changes_answers(

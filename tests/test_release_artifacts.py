@@ -1,11 +1,6 @@
 """The released artefacts where their users open them: the model folder loads in one call offline, the Space
-folder installs from its requirements.txt alone and answers in a browser, the installed kit runs its demo
-from an empty folder.
-
-Fresh virtualenvs here see the project venv's site-packages through a plain ``.pth`` path line (so torch and
-the rest need no download; the index stays reachable for anything missing). Such a line processes no
-``.pth`` of that folder, so the project's editable install of the kit is NOT importable in them: the kit
-comes only from what the test installs or copies.
+folder installs from its requirements.txt alone (into a fresh venv, ``kit_install.py``) and answers in a
+browser. The installed kit's demo from an empty folder is ``test_demo.py``'s run.
 """
 
 from __future__ import annotations
@@ -17,13 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from huggingface_hub import ModelCard
+from kit_install import fresh_venv, kit_location
 
 from safer_instruct.cli import main
 from safer_instruct.models import DEFAULT_MODEL_HUB_ID
@@ -46,32 +41,6 @@ def hub_cache_with_base(root: Path, model_dir: Path) -> Path:
     for path in model_dir.iterdir():
         (snapshot / path.name).symlink_to(path)
     return root
-
-
-def fresh_venv(where: Path) -> Path:
-    """A new virtualenv that sees the project venv's packages, but not its editable kit; returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
-    python = where / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    (Path(purelib) / "project_venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
-
-
-def kit_location(python: Path, cwd: Path) -> str:
-    """Where ``import safer_instruct`` finds the kit for ``python`` run in ``cwd`` ('' when it does not)."""
-    done = subprocess.run(
-        [str(python), "-c", "import safer_instruct; print(safer_instruct.__file__)"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def free_port() -> int:
@@ -337,63 +306,6 @@ def test_kit_files_resolve_from_the_checkout_or_the_package(tmp_path: Path, monk
     assert all(Path(path).is_file() for path in config.decontaminate.eval_sets)
     assert Path(config.reverse_model.train.recipe).is_file() and config.reverse_model.llm.model == "default"
     assert not KIT_DIR.exists()  # the checkout reads its own files; only a wheel carries _kit/
-
-
-@pytest.mark.slow
-def test_installed_kit_runs_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
-    """A wheel of the kit, installed (no deps) into a fresh venv, runs `safer-instruct demo --tiny` elsewhere."""
-    source, wheels = tmp_path / "source", tmp_path / "wheels"  # a copy: the build leaves no build/ in the checkout
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".venv", ".git", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "release"
-        ),
-    )
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(wheels),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    python = fresh_venv(tmp_path / "venv")
-    wheel = next(wheels.glob("safer_instruct-*.whl"))
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
-    empty = tmp_path / "elsewhere"
-    empty.mkdir()
-    assert "/venv/" in kit_location(python, empty)
-    done = subprocess.run(
-        [str(tmp_path / "venv" / "bin" / "safer-instruct"), "demo", "--tiny"],
-        cwd=empty,
-        env={**os.environ, **QUIET},
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    release = empty / "runs" / "demo" / "release"
-    assert (release / "model" / "config.json").is_file() and (release / "space" / "app.py").is_file()
-    assert (release / "dataset" / "README.md").is_file() and (
-        empty / "runs" / "demo" / "eval" / "results.json"
-    ).is_file()
 
 
 # -- README: importing the paper's release, evaluating one's own prompts --------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ def test_a_cpu_limited_to_avx2_reads_as_the_slow_kind() -> None:
 def test_thread_cap_reads_the_environment(monkeypatch) -> None:
     threads = torch.get_num_threads()
     try:
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # torch read it: the kit leaves it
         monkeypatch.delenv(device.THREADS_ENV, raising=False)
         assert device.configure_threads() is None and torch.get_num_threads() == threads
         monkeypatch.setenv(device.THREADS_ENV, "lots")
@@ -62,6 +64,33 @@ def test_thread_cap_reads_the_environment(monkeypatch) -> None:
         assert device.configure_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("busy, expected", [(0.0, 4), (0.4, 4), (1.0, 3), (2.6, 1), (9.0, 1)])
+def test_unset_threads_take_the_cores_other_tasks_leave(monkeypatch, busy: float, expected: int) -> None:
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(device.THREADS_ENV, raising=False)
+    monkeypatch.setattr(device, "CORES", 4)
+    monkeypatch.setattr(device, "busy_cores", lambda: busy)
+    try:
+        assert device.configure_threads() == expected and torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow  # a spinning process for a second
+def test_a_spinning_process_counts_as_a_busy_core() -> None:
+    """Measured on this machine's /proc/loadavg: a job holding a core is seen, and counted once."""
+    quiet = device.busy_cores(samples=10)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = device.busy_cores(samples=10)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.6 <= busy - quiet <= 1.4
 
 
 @pytest.mark.slow  # a fresh Python that imports the kit and torch, twice

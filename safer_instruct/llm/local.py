@@ -114,6 +114,7 @@ class LocalLLM(LLM):
         yield from tqdm(chunks, desc=desc, unit="batch", disable=not show, leave=False)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        configure_threads()  # the cores free now: another job may have started or ended
         encoded = self._encode([self.render(p) for p in prompts])
         with self._lock, torch.inference_mode():
             if params.greedy and self._plain_decoding():
@@ -260,6 +261,7 @@ class LocalLLM(LLM):
 
     def decide(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> list[Decision]:
         """Compare each label's log-probability as the answer's continuation; softmax over labels."""
+        configure_threads()  # the cores free now: another job may have started or ended
         labels = check_labels(labels)
         rendered = [self.render(p) for p in prompts]
         prompt_ids = self._encode(rendered)
@@ -279,6 +281,7 @@ class LocalLLM(LLM):
 
     def loglikelihood(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Loglikelihood]:
         """Each continuation's summed log-probability after its rendered prompt (one pass, KV cache)."""
+        configure_threads()  # the cores free now: another job may have started or ended
         rendered = [self.render(p) for p in prompts]
         prompt_ids = self._encode(rendered)
         cont_ids = [
@@ -295,7 +298,12 @@ class LocalLLM(LLM):
         return results  # type: ignore[return-value]
 
     def hidden_states(self, prompts: Sequence[Prompt], layers: Sequence[int] | None = None) -> np.ndarray:
-        """Each rendered prompt's hidden states at its last token (prompts are left-padded), as float32."""
+        """Each rendered prompt's hidden states at its last token (prompts are left-padded), as float32.
+
+        Layers below the last are read where the next decoder layer takes them in, and the pass stops there:
+        a probe on layer 17 of 30 costs 17 layers, not 30.
+        """
+        configure_threads()  # the cores free now: another job may have started or ended
         prompt_ids = self._encode([self.render(p) for p in prompts])
         count = self.model.config.num_hidden_layers + 1
         layers = list(range(count)) if layers is None else list(layers)
@@ -303,21 +311,46 @@ class LocalLLM(LLM):
             raise SaferInstructError(
                 f"layer {outside[0]} is outside model {self.model_id!r}'s hidden states 0..{count - 1}"
             )
+        wanted = [layer % count for layer in layers]
         states = np.zeros((len(prompts), len(layers), self.model.config.hidden_size), dtype=np.float32)
         with self._lock, torch.inference_mode():
             for batch in self._batches(prompt_ids, f"hidden states [{self.model_id}]"):
-                out = self.model(
-                    **self._pad_left([prompt_ids[i] for i in batch]),
-                    output_hidden_states=True,
-                    use_cache=False,
-                    logits_to_keep=1,
-                )
-                states[batch] = (
-                    torch.stack([out.hidden_states[layer][:, -1] for layer in layers], dim=1).float().cpu().numpy()
-                )
+                inputs = self._pad_left([prompt_ids[i] for i in batch])
+                found = self._layer_inputs(inputs, wanted) if max(wanted) < count - 1 else None
+                if found is None:
+                    hidden = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+                    found = {layer: hidden.hidden_states[layer][:, -1] for layer in wanted}
+                states[batch] = torch.stack([found[layer] for layer in wanted], dim=1).float().cpu().numpy()
                 for index in batch:
                     self.usage.add(len(prompt_ids[index]), 0)
         return states
+
+    def _layer_inputs(self, inputs: dict[str, torch.Tensor], wanted: list[int]) -> dict[int, torch.Tensor] | None:
+        """Hidden state ``k`` at the last position as decoder layer ``k`` takes it in, stopping before the deepest
+        wanted layer runs; None when the model's decoder layers can't be found (the caller runs a full pass)."""
+        decoder = self.model.get_decoder()
+        blocks = getattr(decoder, "layers", None)
+        if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) != self.model.config.num_hidden_layers:
+            return None
+        found: dict[int, torch.Tensor] = {}
+
+        def keep(index: int):
+            def hook(module, args, kwargs) -> None:
+                found[index] = (args[0] if args else kwargs["hidden_states"])[:, -1]
+                if len(found) == len(set(wanted)):
+                    raise _Enough
+
+            return hook
+
+        handles = [blocks[index].register_forward_pre_hook(keep(index), with_kwargs=True) for index in set(wanted)]
+        try:
+            decoder(**inputs, use_cache=False)
+        except _Enough:
+            return found
+        finally:
+            for handle in handles:
+                handle.remove()
+        raise SaferInstructError(f"model {self.model_id!r}: its decoder never reached layer {max(wanted)}")
 
     def _continuation(self, text: str, prompt_ids: list[int], label: str) -> list[int]:
         """The token ids ``label`` adds after the prompt."""
@@ -376,6 +409,10 @@ _PLAIN_GENERATION_KEYS = {
     "top_p",
     "top_k",
 }  # generation-config keys that leave greedy decoding a plain argmax
+
+
+class _Enough(Exception):
+    """Raised by a hook once every wanted hidden state is read: the rest of the forward pass is not needed."""
 
 
 class _Rows:

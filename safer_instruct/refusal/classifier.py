@@ -3,17 +3,18 @@
 Features of an answer: its word 1-2-grams (``w``), the phrase-rule cues of ``refusal.cues`` (``c``: a
 decline and where it sits, a turn to compliance, a safe alternative, what is delivered beside a
 decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the phrase rules' own
-three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection).
+three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection) and, when the
+answer does not engage with the request, the request's own words (``q``: which requests such answers dodge).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
-request when the request is known. Weights are learned with numpy (full-batch Adam from zero, L2:
-deterministic) on the development set only, and shipped as ``refusal_v3.json``.
+request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
+thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v5.json``.
 
-The development set (``data/refusal_labelled_dev.jsonl``) holds v1's two halves, the rows v2 added for
-its weak styles and the rows v3 added for disclaimers worded like declines, partial answers that decline
-at the end, and small models' loosely on-topic answers. The test sets (``data/refusal_labelled_test_v2.jsonl``,
-``data/refusal_labelled_test_v3.jsonl``) were each written apart, in other voices, before the classifier
-they first measured was changed, and are only scored, never trained or tuned on.
+``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
+and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
+studied; leave-one-voice-out cross-validation showed that training on their voices helps unseen voices). Test
+set v2 is still only scored (seen: a second opinion); a fresh set is scored with ``bench/scoring.py --test-set``.
 
 Retrain (rewrites the shipped file)::
 
@@ -36,16 +37,25 @@ import numpy as np
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.readers import read_rows, text_field
-from safer_instruct.refusal import LABELS, RefusalLabel, canonical, cues, prompt_cues, rule_label
+from safer_instruct.refusal import LABELS, RefusalLabel, canonical, cues, prompt_cues, request_words, rule_label
 
 DATA_DIR = Path(__file__).parent / "data"
 DEV_SET = DATA_DIR / "refusal_labelled_dev.jsonl"
-TEST_SET_V2 = (
-    DATA_DIR / "refusal_labelled_test_v2.jsonl"
-)  # scored since v2; its weak styles were studied, so v3 wrote:
-TEST_SET_V3 = DATA_DIR / "refusal_labelled_test_v3.jsonl"  # fresh, written before any v3 change to the classifier
-TEST_SETS = (TEST_SET_V2, TEST_SET_V3)
-WEIGHTS = Path(__file__).parent / "refusal_v3.json"
+TEST_SET_V2 = DATA_DIR / "refusal_labelled_test_v2.jsonl"  # scored since v2; its errors were studied (seen)
+TEST_SET_V3 = DATA_DIR / "refusal_labelled_test_v3.jsonl"  # scored since v3; its errors were studied (seen)
+TEST_SET_V4 = (
+    DATA_DIR / "refusal_labelled_test_v4.jsonl"
+)  # scored once as v4's fresh set; its errors were studied (seen)
+LABELLED_SETS = (DEV_SET, TEST_SET_V2, TEST_SET_V3, TEST_SET_V4)  # every set a choice may look at
+TRAIN_SETS = (DEV_SET, TEST_SET_V3, TEST_SET_V4)  # what the shipped weights are fitted on (v3, v4: from v5 on)
+# written by an author who never saw the rules or weights, pinned before any classifier ran on it; scored once
+TEST_SET_V5 = DATA_DIR / "refusal_labelled_test_v5.jsonl"
+FRESH_SETS = (TEST_SET_V5,)  # no choice looks at these
+TEST_SETS = (
+    *(path for path in LABELLED_SETS if path not in TRAIN_SETS),  # only scored (seen: second opinions)
+    *FRESH_SETS,
+)
+WEIGHTS = Path(__file__).parent / "refusal_v5.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 
 
@@ -53,7 +63,12 @@ _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 class TrainConfig:
     """How the weights are fitted; the defaults are the shipped ones (chosen by cross-validation on dev)."""
 
-    families: tuple[str, ...] = ("w", "c", "p")  # word n-grams, phrase cues, request cues
+    families: tuple[str, ...] = (
+        "w",
+        "c",
+        "p",
+        "q",
+    )  # word n-grams, phrase cues, request cues, words of a dodged request
     min_count: int = 3  # a feature must occur in this many training answers
     l2: float = 3e-4
     steps: int = 400
@@ -99,8 +114,13 @@ def features(text: str, families: Sequence[str] = TrainConfig.families, prompt: 
         found |= {f"w:{t}" for t in tokens} | {f"w:{a} {b}" for a, b in zip(tokens, tokens[1:])}
     if "c" in families:
         found |= {f"c:{cue}" for cue in cues(text)}
-    if "p" in families and prompt.strip():
-        found |= {f"p:{cue}" for cue in prompt_cues(prompt, text)} | {f"p:rules_{rule_label(norm, prompt)}"}
+    if prompt.strip() and ("p" in families or "q" in families):
+        request = prompt_cues(prompt, text)
+        if "p" in families:
+            found |= {f"p:{cue}" for cue in request} | {f"p:rules_{rule_label(norm, prompt)}"}
+        if "q" in families and {"request_not_addressed", "request_generic_opening"} & set(request):
+            # the request's own words, when the answer does not engage with it: which requests such answers dodge
+            found |= {f"q:{word}" for word in request_words(prompt)}
     return found
 
 
@@ -116,10 +136,13 @@ class SoftmaxHead:
 
     def matrix(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
         """Binary feature matrix (answers × vocabulary)."""
-        rows = np.zeros((len(texts), len(self.vocabulary)), dtype=np.float32)
-        for row, (text, prompt) in enumerate(zip(texts, prompts)):
-            columns = [self.index[f] for f in features(text, self.families, prompt) if f in self.index]
-            rows[row, columns] = 1.0
+        return self.rows([features(text, self.families, prompt) for text, prompt in zip(texts, prompts)])
+
+    def rows(self, found: Sequence[set[str]]) -> np.ndarray:
+        """Binary feature matrix of answers given by their feature names."""
+        rows = np.zeros((len(found), len(self.vocabulary)), dtype=np.float32)
+        for row, names in enumerate(found):
+            rows[row, [self.index[f] for f in names if f in self.index]] = 1.0
         return rows
 
     def probabilities(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
@@ -212,12 +235,11 @@ def train(cases: Sequence[LabelledCase], config: TrainConfig = TrainConfig()) ->
 
 def fit_head(texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig) -> SoftmaxHead:
     """One head over the features seen in at least ``config.min_count`` of the answers."""
-    counts: Counter[str] = Counter()
-    for text, prompt in zip(texts, prompts):
-        counts.update(features(text, config.families, prompt))
+    found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
+    counts = Counter(name for names in found for name in names)
     vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
     head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)))
-    head.weights, head.bias = fit_softmax(head.matrix(texts, prompts), labels, config)
+    head.weights, head.bias = fit_softmax(head.rows(found), labels, config)
     return head
 
 
@@ -248,23 +270,22 @@ def file_sha256(path: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Train on the development split and write the weights file."""
+    """Train on the training sets and write the weights file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(WEIGHTS), help="where to write the weights (default: the shipped file)")
     args = parser.parse_args(argv)
-    cases = load_cases(DEV_SET)
+    cases = [case for path in TRAIN_SETS for case in load_cases(path)]
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 3,
-        "trained_on": DEV_SET.name,
-        "trained_on_sha256": file_sha256(DEV_SET),
+        "version": 5,
+        "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
     }
     model.save(args.out)
     sizes = f"{len(model.answers.vocabulary)} + {len(model.prompted.vocabulary)} features"
-    print(f"{args.out}: {sizes} from {len(cases)} answers of {DEV_SET.name}")
+    print(f"{args.out}: {sizes} from {len(cases)} answers of {', '.join(path.name for path in TRAIN_SETS)}")
 
 
 if __name__ == "__main__":
