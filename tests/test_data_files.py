@@ -73,6 +73,25 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
         "style": str,
         "voice": str,
     },
+    "safer_instruct/refusal/data/refusal_labelled_dev_v6.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+    "safer_instruct/refusal/data/refusal_labelled_test_v6.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+}
+# a refusal set of v6 -> the sets it shares no 6-word sequence and no near-reworded prompt with
+REFUSAL_APART = {
+    "dev_v6": ("test_v2", "test_v5", "test_v6"),  # training rows, apart from every set that is only scored
+    "test_v6": ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6"),  # fresh: apart from everything
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
@@ -111,6 +130,11 @@ STOPWORDS = set(
 def content_jaccard(a: str, b: str) -> float:
     left, right = set(words(a)) - STOPWORDS, set(words(b)) - STOPWORDS
     return len(left & right) / len(left | right) if left and right else 0.0
+
+
+def refusal_rows(part: str) -> list[dict]:
+    """A labelled refusal set by its part name (``dev``, ``test_v2``, ...)."""
+    return rows(f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl")
 
 
 def builder_texts() -> list[str]:
@@ -277,8 +301,8 @@ def test_refusal_labelled_set_is_decontaminated() -> None:
     """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
     labelled = [
         r
-        for part in ("dev", "test_v2", "test_v3", "test_v4", "test_v5")
-        for r in rows(f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl")
+        for part in ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6", "test_v6")
+        for r in refusal_rows(part)
     ]
     for field in ("prompt", "completion"):
         repeated = [key for key, count in Counter(normalised(r[field]) for r in labelled).items() if count > 1]
@@ -292,6 +316,21 @@ def test_refusal_labelled_set_is_decontaminated() -> None:
         for pool in (requests, prompts):
             closest = max(pool, key=lambda other: content_jaccard(record["prompt"], other))
             assert content_jaccard(record["prompt"], closest) < 0.5, f"{record['prompt']!r} is close to {closest!r}"
+
+
+@pytest.mark.slow  # compares every prompt of a v6 set with every prompt of the sets it stays apart from
+@pytest.mark.parametrize("part", sorted(REFUSAL_APART))
+def test_v6_refusal_sets_stay_apart_from_the_sets_they_are_scored_beside(part: str) -> None:
+    """No row shares a 6-word sequence with those sets, and no prompt is a near-rewording of one of their prompts
+    (content-word Jaccard >= 0.5); the messages name no row of a test set."""
+    others = [r for other in REFUSAL_APART[part] for r in refusal_rows(other)]
+    grams = set().union(*(ngrams(r[field], 6) for r in others for field in ("prompt", "completion")))
+    for number, record in enumerate(refusal_rows(part), start=1):
+        for field in ("prompt", "completion"):
+            shared = bool(ngrams(record[field], 6) & grams)
+            assert not shared, f"{part} row {number}: its {field} shares a 6-gram"
+        close = max(content_jaccard(record["prompt"], other["prompt"]) for other in others)
+        assert close < 0.5, f"{part} row {number}: its prompt is a near-rewording (Jaccard {close:.2f})"
 
 
 def test_eval_files_load_with_the_evaluation_loaders() -> None:

@@ -283,6 +283,39 @@ def test_lm_head_tile_gives_the_same_log_probs(default_model_dir, monkeypatch):
             pass
 
 
+def test_fused_lm_head_projects_only_labelled_positions(default_model_dir, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer import utils as trl_utils
+
+    from safer_instruct.training.modeling import labelled_positions_only
+
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.tensor([[1, 504, 3458, 314, 253, 4376, 30, 2], [1, 1204, 2379, 4493, 28, 2, 2, 2]])
+    labels = ids.masked_fill(torch.tensor([[1] * 4 + [0] * 4, [1] * 2 + [0] * 3 + [1] * 3]).bool(), -100)
+    projected = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction,
+        "apply",
+        lambda hidden, *rest: projected.append(len(hidden)) or apply(hidden, *rest),
+    )
+    with torch.no_grad():
+        every = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        with labelled_positions_only():
+            labelled = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    mask = labels[:, 1:] != -100
+    assert projected == [ids.numel() - 2, int(mask.sum())]  # prompt and padding positions skip the LM head
+    assert torch.allclose(labelled.log_probs, every.log_probs, atol=1e-5)
+    assert torch.allclose(labelled.loss, every.loss, atol=1e-6)
+    assert trl_utils._use_triton(ids.device) is False  # restored: TRL's own choice on CPU
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    with pytest.raises(SaferInstructError, match="no _use_triton switch for its fused LM head"):
+        with labelled_positions_only():
+            pass
+
+
 def test_qlora_4bit_on_cpu_each_method(tmp_path, default_model_dir):
     from safer_instruct.config import LLMConfig
     from safer_instruct.llm import make_llm

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -315,23 +316,31 @@ class LocalLLM(LLM):
         states = np.zeros((len(prompts), len(layers), self.model.config.hidden_size), dtype=np.float32)
         with self._lock, torch.inference_mode():
             for batch in self._batches(prompt_ids, f"hidden states [{self.model_id}]"):
-                inputs = self._pad_left([prompt_ids[i] for i in batch])
-                found = self._layer_inputs(inputs, wanted) if max(wanted) < count - 1 else None
-                if found is None:
-                    hidden = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-                    found = {layer: hidden.hidden_states[layer][:, -1] for layer in wanted}
+                early = max(wanted) < count - 1 and self._decoder_layers() is not None
+                run = (lambda i: self._layer_inputs(i, wanted)) if early else self._last_layer_pass
+                pad = self.tokenizer.pad_token_id
+                inputs = _after_shared_start([prompt_ids[i] for i in batch], pad, self.device, self.model.config, run)
+                found = run(inputs)
+                found = found if early else {layer: found.hidden_states[layer][:, -1] for layer in wanted}
                 states[batch] = torch.stack([found[layer] for layer in wanted], dim=1).float().cpu().numpy()
                 for index in batch:
                     self.usage.add(len(prompt_ids[index]), 0)
         return states
 
-    def _layer_inputs(self, inputs: dict[str, torch.Tensor], wanted: list[int]) -> dict[int, torch.Tensor] | None:
-        """Hidden state ``k`` at the last position as decoder layer ``k`` takes it in, stopping before the deepest
-        wanted layer runs; None when the model's decoder layers can't be found (the caller runs a full pass)."""
-        decoder = self.model.get_decoder()
-        blocks = getattr(decoder, "layers", None)
+    def _last_layer_pass(self, inputs: dict):
+        return self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
+
+    def _decoder_layers(self) -> torch.nn.ModuleList | None:
+        """The decoder's layers, in order; None when the model does not expose them as expected."""
+        blocks = getattr(self.model.get_decoder(), "layers", None)
         if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) != self.model.config.num_hidden_layers:
             return None
+        return blocks
+
+    def _layer_inputs(self, inputs: dict, wanted: list[int]) -> dict[int, torch.Tensor]:
+        """Hidden state ``k`` at the last position as decoder layer ``k`` takes it in, stopping before the deepest
+        wanted layer runs."""
+        blocks = self._decoder_layers()
         found: dict[int, torch.Tensor] = {}
 
         def keep(index: int):
@@ -344,7 +353,7 @@ class LocalLLM(LLM):
 
         handles = [blocks[index].register_forward_pre_hook(keep(index), with_kwargs=True) for index in set(wanted)]
         try:
-            decoder(**inputs, use_cache=False)
+            self.model.get_decoder()(**inputs)
         except _Enough:
             return found
         finally:
@@ -362,13 +371,13 @@ class LocalLLM(LLM):
     def _label_logprobs(self, prompts: list[list[int]], labels: list[list[list[int]]]) -> list[list[float]]:
         """Sum of log-probs of each label's tokens after its prompt.
 
-        The prompts go through the model once; each label's later tokens continue from that KV cache.
-        Only the positions that predict label tokens go through the LM head (``logits_to_keep``): over a
-        49k vocabulary, full-sequence logits would cost more than the transformer itself.
+        The prompts go through the model once (the tokens they all begin with, once for all: ``_prefill``); each
+        label's later tokens continue from that KV cache. Only the positions that predict label tokens go through
+        the LM head (``logits_to_keep``): over a 49k vocabulary, full-sequence logits would cost more than the
+        transformer itself.
         """
-        inputs = self._pad_left(prompts)
-        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        filled = _prefill(self.model, prompts, self.tokenizer.pad_token_id, self.device)
+        first = torch.log_softmax(filled.last_logits.float(), dim=-1)
         scores = [[float(first[i, lab[0]]) for lab in per_prompt] for i, per_prompt in enumerate(labels)]
         for j in range(len(labels[0])):
             feeds = [per_prompt[j][:-1] for per_prompt in labels]  # label tokens whose next-token logits we need
@@ -377,11 +386,12 @@ class LocalLLM(LLM):
                 continue
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([feed + [pad] * (width - len(feed)) for feed in feeds], device=self.device)
-            mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids)], dim=1)  # right pads follow what we read
+            mask = torch.cat([filled.mask, torch.ones_like(ids)], dim=1)  # right pads follow what we read
+            positions = filled.positions[:, None] + torch.arange(width, device=self.device)
             logits = self.model(
-                input_ids=ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=filled.cache, use_cache=True
             ).logits
-            out.past_key_values.crop(-width)
+            filled.cache.crop(-width)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for i, per_prompt in enumerate(labels):
                 scores[i][j] += sum(float(logprobs[i, t - 1, tok]) for t, tok in enumerate(per_prompt[j][1:], start=1))
@@ -431,25 +441,14 @@ class _Rows:
         self.mask = self.positions = self.last = None
 
     def add(self, index: list[int], prompts: list[list[int]]) -> None:
-        """Prefill ``prompts`` in one left-padded pass; each gets its first token and joins the batch."""
-        from transformers import DynamicCache
-
-        width = max(len(p) for p in prompts)
-        device = self.device
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-        )
-        first = out.logits[:, -1].float().argmax(dim=-1)
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        """Prefill ``prompts`` together (``_prefill``); each gets its first token and joins the batch."""
+        filled = _prefill(self.model, prompts, self.pad_id, self.device)
+        first = filled.last_logits.float().argmax(dim=-1)
         if self.cache is None:
-            self.cache, self.mask, self.positions, self.last = cache, mask, lengths, first
+            self.cache, self.mask, self.positions, self.last = filled.cache, filled.mask, filled.positions, first
         else:
-            self.cache, self.mask = _join_caches(self.cache, self.mask, cache, mask)
-            self.positions = torch.cat([self.positions, lengths])
+            self.cache, self.mask = _join_caches(self.cache, self.mask, filled.cache, filled.mask)
+            self.positions = torch.cat([self.positions, filled.positions])
             self.last = torch.cat([self.last, first])
         for i, token in zip(index, first.tolist()):
             self.tokens[i] = [token]
@@ -496,6 +495,69 @@ class _Rows:
             layer.values = layer.values[keep, :, start:]
         self.positions, self.last = self.positions[keep], self.last[keep]
         self.index = [i for i in self.index if i in live]
+
+
+MIN_SHARED_PREFIX = 8  # tokens every prompt of a batch begins with, from which they go through the model once
+
+
+@dataclass
+class _Prefilled:
+    """Prompts after one pass: their KV cache and attention mask, each row's next position and last logits."""
+
+    cache: Any
+    mask: torch.Tensor
+    positions: torch.Tensor
+    last_logits: torch.Tensor
+
+
+def _prefill(model, prompts: list[list[int]], pad_id: int, device: torch.device) -> _Prefilled:
+    """One pass over ``prompts`` (``_after_shared_start``), keeping only the last position's logits."""
+    inputs = _after_shared_start(
+        prompts, pad_id, device, model.config, lambda shared: model(**shared, logits_to_keep=1)
+    )
+    out = model(**inputs, logits_to_keep=1)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    return _Prefilled(inputs["cache"], inputs["attention_mask"], lengths, out.logits[:, -1])
+
+
+def _after_shared_start(
+    prompts: list[list[int]], pad_id: int, device: torch.device, model_config, run: Callable[[dict], object]
+) -> dict:
+    """The model inputs of ``prompts`` once the tokens they all begin with have gone through ``run`` once.
+
+    That shared start (the chat template's system prompt, a judge's or an expert's instructions: often most of the
+    prompt) runs for one row, and its keys and values are copied to every row; the returned inputs hold the rest,
+    left-padded, at positions counted from the attention mask, so each row sees what it would alone.
+    """
+    from transformers import DynamicCache
+
+    shared = _shared_prefix(prompts)
+    if len(shared) < MIN_SHARED_PREFIX or len(prompts) == 1:
+        shared = []
+    cache = DynamicCache(config=model_config)
+    if shared:
+        run({"input_ids": torch.tensor([shared], device=device), "cache": cache, "use_cache": True})
+        for layer in cache.layers:
+            if layer.is_initialized:  # a pass that stopped early filled only the layers it ran
+                layer.keys = layer.keys.expand(len(prompts), -1, -1, -1).contiguous()
+                layer.values = layer.values.expand(len(prompts), -1, -1, -1).contiguous()
+    rest = [p[len(shared) :] for p in prompts]
+    width = max(len(p) for p in rest)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in rest], device=device)
+    rest_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rest], device=device)
+    mask = torch.cat([torch.ones(len(prompts), len(shared), dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -width:]
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "cache": cache, "use_cache": True}
+
+
+def _shared_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens every prompt begins with, leaving each at least its last token to run on its own."""
+    shortest = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    length = 0
+    while length < shortest and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return first[:length]
 
 
 def _join_caches(cache, mask: torch.Tensor, other, other_mask: torch.Tensor):

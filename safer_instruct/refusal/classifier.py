@@ -3,18 +3,21 @@
 Features of an answer: its word 1-2-grams (``w``), the phrase-rule cues of ``refusal.cues`` (``c``: a
 decline and where it sits, a turn to compliance, a safe alternative, what is delivered beside a
 decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the phrase rules' own
-three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection) and, when the
-answer does not engage with the request, the request's own words (``q``: which requests such answers dodge).
+three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection). A fourth family,
+the request's own words when the answer does not engage with it (``q``: which requests such answers dodge), was
+shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v5.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v6.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
-studied; leave-one-voice-out cross-validation showed that training on their voices helps unseen voices). Test
-set v2 is still only scored (seen: a second opinion); a fresh set is scored with ``bench/scoring.py --test-set``.
+studied; leave-one-voice-out cross-validation showed that training on their voices helps unseen voices) and, from
+v6 on, ``data/refusal_labelled_dev_v6.jsonl`` (three other authors, eight voices modelled on real chat models). Test
+set v2 is still only scored (seen: a second opinion); the fresh sets (``FRESH_SETS``) are scored once, after a
+round's classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -46,29 +49,26 @@ TEST_SET_V3 = DATA_DIR / "refusal_labelled_test_v3.jsonl"  # scored since v3; it
 TEST_SET_V4 = (
     DATA_DIR / "refusal_labelled_test_v4.jsonl"
 )  # scored once as v4's fresh set; its errors were studied (seen)
-LABELLED_SETS = (DEV_SET, TEST_SET_V2, TEST_SET_V3, TEST_SET_V4)  # every set a choice may look at
-TRAIN_SETS = (DEV_SET, TEST_SET_V3, TEST_SET_V4)  # what the shipped weights are fitted on (v3, v4: from v5 on)
+DEV_SET_V6 = DATA_DIR / "refusal_labelled_dev_v6.jsonl"  # v6: three new authors, eight voices of real chat models
+LABELLED_SETS = (DEV_SET, TEST_SET_V2, TEST_SET_V3, TEST_SET_V4, DEV_SET_V6)  # every set a choice may look at
+TRAIN_SETS = (DEV_SET, TEST_SET_V3, TEST_SET_V4, DEV_SET_V6)  # what the weights are fitted on (v3, v4: since v5)
 # written by an author who never saw the rules or weights, pinned before any classifier ran on it; scored once
 TEST_SET_V5 = DATA_DIR / "refusal_labelled_test_v5.jsonl"
-FRESH_SETS = (TEST_SET_V5,)  # no choice looks at these
+TEST_SET_V6 = DATA_DIR / "refusal_labelled_test_v6.jsonl"  # the same, for v6: five more voices of real chat models
+FRESH_SETS = (TEST_SET_V5, TEST_SET_V6)  # no choice looks at these
 TEST_SETS = (
     *(path for path in LABELLED_SETS if path not in TRAIN_SETS),  # only scored (seen: second opinions)
     *FRESH_SETS,
 )
-WEIGHTS = Path(__file__).parent / "refusal_v5.json"
+WEIGHTS = Path(__file__).parent / "refusal_v6.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the weights are fitted; the defaults are the shipped ones (chosen by cross-validation on dev)."""
+    """How the weights are fitted; the defaults are the shipped ones (chosen by leave-one-voice-out cross-validation)."""
 
-    families: tuple[str, ...] = (
-        "w",
-        "c",
-        "p",
-        "q",
-    )  # word n-grams, phrase cues, request cues, words of a dodged request
+    families: tuple[str, ...] = ("w", "c", "p")  # word n-grams, phrase cues, request cues (v6: without ``q``)
     min_count: int = 3  # a feature must occur in this many training answers
     l2: float = 3e-4
     steps: int = 400
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 5,
+        "version": 6,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),

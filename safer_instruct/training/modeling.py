@@ -12,6 +12,7 @@ from safer_instruct.llm.local import adapter_base
 from safer_instruct.models import resolve_model
 
 TRL_LM_HEAD_TILE = "_CHUNKED_LOGPROB_CHUNK_SIZE"  # trl.trainer.utils: vocabulary columns per fused LM-head tile
+TRL_LM_HEAD_COMPACT = "_use_triton"  # trl.trainer.utils: its fused LM head scores only labelled positions where True
 
 
 @dataclass
@@ -146,3 +147,26 @@ def lm_head_tile(columns: int | None) -> Iterator[None]:
         yield
     finally:
         setattr(trl_utils, TRL_LM_HEAD_TILE, previous)
+
+
+@contextmanager
+def labelled_positions_only() -> Iterator[None]:
+    """Within: TRL's fused LM head projects only the positions that have a label, on every device.
+
+    TRL scores only those where Triton runs; elsewhere it scores every position (prompt and padding too) and
+    masks the result, to keep tile shapes fixed for compilers that would recompile per shape. Eager CPU has no
+    such compiler: the prompt positions (three quarters of a reversed pair's tokens) cost an LM-head projection
+    forward and backward for nothing (``bench/lm_head_tile.py``). The log-probs of labelled positions are the same.
+    """
+    from trl.trainer import utils as trl_utils
+
+    if not hasattr(trl_utils, TRL_LM_HEAD_COMPACT):
+        raise SaferInstructError(
+            f"this TRL version has no {TRL_LM_HEAD_COMPACT} switch for its fused LM head; pin the TRL the kit was tested with"
+        )
+    previous = getattr(trl_utils, TRL_LM_HEAD_COMPACT)
+    setattr(trl_utils, TRL_LM_HEAD_COMPACT, lambda device: True)
+    try:
+        yield
+    finally:
+        setattr(trl_utils, TRL_LM_HEAD_COMPACT, previous)

@@ -44,7 +44,7 @@ def train(method: str, recipe: str | Path | dict[str, Any] | None, overrides: Se
         splits["eval"] = script_args.dataset_test_split
     dataset_name, mixture = _dataset(script_args, dataset_args)
     data = prepare_datasets(method, dataset_name, script_args.dataset_config, splits, tokenizer, loaded=mixture)
-    with modeling.lm_head_tile(script_args.lm_head_chunk_size):
+    with modeling.lm_head_tile(script_args.lm_head_chunk_size), modeling.labelled_positions_only():
         trainer = _make_trainer(method, source, model_args, training_args, tokenizer, data)
         output_dir = Path(training_args.output_dir)
         resume = training_args.resume_from_checkpoint or _last_checkpoint(output_dir)
