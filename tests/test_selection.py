@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -91,6 +92,28 @@ def test_a_spinning_process_counts_as_a_busy_core() -> None:
         spinner.kill()
         spinner.wait()
     assert 0.6 <= busy - quiet <= 1.4
+
+
+@pytest.mark.slow  # this process computes in a second thread for a second
+def test_this_process_own_work_is_not_a_busy_core() -> None:
+    """Threads of this process (a generation running beside the one that asks, torch's workers) hold no core from it."""
+    quiet = device.busy_cores(samples=10)
+    stop = threading.Event()
+
+    def compute() -> None:
+        x = torch.randn(384, 384)
+        while not stop.is_set():
+            x @ x  # releases the GIL: this thread and torch's workers run while the caller samples
+
+    worker = threading.Thread(target=compute)
+    worker.start()
+    try:
+        time.sleep(0.3)
+        busy = device.busy_cores(samples=10)
+    finally:
+        stop.set()
+        worker.join()
+    assert busy - quiet <= 0.4
 
 
 @pytest.mark.slow  # a fresh Python that imports the kit and torch, twice
