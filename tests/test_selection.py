@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import ContextManager, Iterator
 
 import pytest
 import torch
@@ -80,24 +82,26 @@ def test_unset_threads_take_the_cores_other_tasks_leave(monkeypatch, busy: float
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow  # a spinning process for a second
-def test_a_spinning_process_counts_as_a_busy_core() -> None:
-    """Measured on this machine's /proc/loadavg: a job holding a core is seen, and counted once."""
+def extra_busy_cores_while(load: ContextManager) -> float:
+    """``busy_cores`` with ``load`` running, less ``busy_cores`` before it (both measured on /proc/loadavg)."""
     quiet = device.busy_cores(samples=10)
+    with load:
+        time.sleep(0.5)
+        return device.busy_cores(samples=10) - quiet
+
+
+@contextmanager
+def spinning_process() -> Iterator[None]:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(0.5)
-        busy = device.busy_cores(samples=10)
+        yield
     finally:
         spinner.kill()
         spinner.wait()
-    assert 0.6 <= busy - quiet <= 1.4
 
 
-@pytest.mark.slow  # this process computes in a second thread for a second
-def test_this_process_own_work_is_not_a_busy_core() -> None:
-    """Threads of this process (a generation running beside the one that asks, torch's workers) hold no core from it."""
-    quiet = device.busy_cores(samples=10)
+@contextmanager
+def computing_thread() -> Iterator[None]:
     stop = threading.Event()
 
     def compute() -> None:
@@ -108,12 +112,22 @@ def test_this_process_own_work_is_not_a_busy_core() -> None:
     worker = threading.Thread(target=compute)
     worker.start()
     try:
-        time.sleep(0.3)
-        busy = device.busy_cores(samples=10)
+        yield
     finally:
         stop.set()
         worker.join()
-    assert busy - quiet <= 0.4
+
+
+@pytest.mark.slow  # a spinning process for a second
+def test_a_spinning_process_counts_as_a_busy_core() -> None:
+    """A job holding a core is seen, and counted once."""
+    assert 0.6 <= extra_busy_cores_while(spinning_process()) <= 1.4
+
+
+@pytest.mark.slow  # this process computes in a second thread for a second
+def test_this_process_own_work_is_not_a_busy_core() -> None:
+    """Threads of this process (a generation running beside the one that asks, torch's workers) hold no core from it."""
+    assert extra_busy_cores_while(computing_thread()) <= 0.4
 
 
 @pytest.mark.slow  # a fresh Python that imports the kit and torch, twice

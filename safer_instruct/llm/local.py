@@ -314,11 +314,11 @@ class LocalLLM(LLM):
             )
         wanted = [layer % count for layer in layers]
         states = np.zeros((len(prompts), len(layers), self.model.config.hidden_size), dtype=np.float32)
+        early = max(wanted) < count - 1 and self._decoder_layers() is not None
+        run = (lambda i: self._layer_inputs(i, wanted)) if early else self._last_layer_pass
+        pad = self.tokenizer.pad_token_id
         with self._lock, torch.inference_mode():
             for batch in self._batches(prompt_ids, f"hidden states [{self.model_id}]"):
-                early = max(wanted) < count - 1 and self._decoder_layers() is not None
-                run = (lambda i: self._layer_inputs(i, wanted)) if early else self._last_layer_pass
-                pad = self.tokenizer.pad_token_id
                 inputs = _after_shared_start([prompt_ids[i] for i in batch], pad, self.device, self.model.config, run)
                 found = run(inputs)
                 found = found if early else {layer: found.hidden_states[layer][:, -1] for layer in wanted}
