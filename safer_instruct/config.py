@@ -40,6 +40,10 @@ class LLMConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     batch_size: int = Field(16, ge=1)
+    # Greedy answers decoding together (default: batch_size). A decoding step reads every weight once for all its
+    # rows and keeps only their KV cache, so on CPU more rows cost little more per step; scoring passes, bounded by
+    # batch_size, hold logits over the vocabulary for every position they read and grow with their rows.
+    decode_batch_size: int | None = Field(None, ge=1)
     # openai backend
     base_url: str | list[str] | None = None  # a list: data-parallel replicas of one model
     api_key_env: str = "OPENAI_API_KEY"
@@ -55,8 +59,8 @@ class LLMConfig(StrictModel):
 
     @model_validator(mode="after")
     def _backend_options(self) -> LLMConfig:
-        if self.backend == "openai" and (self.adapter or self.load_in_4bit):
-            raise ValueError("adapter and load_in_4bit apply to the local backend only")
+        if self.backend == "openai" and (self.adapter or self.load_in_4bit or self.decode_batch_size):
+            raise ValueError("adapter, load_in_4bit and decode_batch_size apply to the local backend only")
         if self.backend == "local" and (isinstance(self.base_url, list) or self.batch_api):
             raise ValueError("replica lists and batch_api apply to the openai backend only")
         if isinstance(self.base_url, list) and (not self.base_url or len(set(self.base_url)) != len(self.base_url)):

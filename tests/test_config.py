@@ -29,6 +29,8 @@ def test_yaml_with_overrides(tmp_path: Path) -> None:
         ("judge:\n  backend: llamacpp\n", r"field `judge.backend`"),
         ("judge:\n  temprature: 0.5\n", r"field `judge.temprature`: Extra inputs"),
         ("judge:\n  backend: openai\n  adapter: x\n", r"local backend only"),
+        ("judge:\n  backend: openai\n  decode_batch_size: 64\n", r"local backend only"),
+        ("judge:\n  decode_batch_size: 0\n", r"field `judge.decode_batch_size`"),
         ("- a\n- b\n", r"top level must be a mapping"),
         ("judge: [unclosed\n", r"not valid YAML"),
     ],

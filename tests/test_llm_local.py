@@ -94,6 +94,27 @@ def test_continuous_batch_drops_finished_rows(local_llm: LocalLLM, monkeypatch: 
     assert continuous_rows <= sum(lengths) * 5 // 4  # few idle row-steps
 
 
+def test_decoding_rows_apart_from_scoring_rows(local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``decode_batch_size`` rows decode together; scoring passes keep to ``batch_size`` rows."""
+    config = local_llm.config.model_copy(update={"batch_size": 2, "decode_batch_size": 5})
+    monkeypatch.setattr(local_llm, "config", config)
+    rows: list[tuple[int, int]] = []  # (rows, tokens) of each forward pass
+
+    def hook(module, args, kwargs) -> None:
+        rows.append(tuple(kwargs["input_ids"].shape))
+
+    handle = local_llm.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        local_llm.generate(MIXED, SamplingParams(max_new_tokens=8))
+        decoding = max(n for n, width in rows if width == 1)
+        rows.clear()
+        local_llm.loglikelihood(MIXED, ["Yes."] * len(MIXED))
+    finally:
+        handle.remove()
+    assert decoding == 5
+    assert max(n for n, _ in rows) == 2
+
+
 def test_generation_config_with_processors_keeps_hf_generate(
     local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -265,7 +265,7 @@ def _chat(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
 def _generate(name: str, llm_config: LLMConfig, config: EvalConfig, answers: Answers, cache: ResponseCache) -> None:
     params = SamplingParams.from_config(config.sampling)
     llm: LLM
-    chunk = max(llm_config.batch_size, 1) * 4  # several batches' worth, so a refilling batch stays full
+    chunk = (llm_config.decode_batch_size or llm_config.batch_size) * 4  # a refilling batch stays full
     with make_llm(llm_config, cache=cache) as llm:
         for set_name, items in answers.prompts.items():
             if set_name not in config.sets:

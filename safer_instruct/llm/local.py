@@ -160,7 +160,7 @@ class LocalLLM(LLM):
         rows = _Rows(self.model, self.tokenizer.pad_token_id, self.device)
         done = _Finisher(self, params)
         results: list[Generation | None] = [None] * len(encoded)
-        size = self.config.batch_size
+        size = self.config.decode_batch_size or self.config.batch_size
         show = self.show_progress and len(encoded) > size
         with tqdm(
             total=len(encoded), desc=f"generate [{self.model_id}]", unit="prompt", disable=not show, leave=False
