@@ -30,6 +30,7 @@ TINY_STEPS = ["--max_steps", "2", "--save_steps", "1", "--logging_steps", "1"]
 OVER_REFUSAL_BOUND = 0.15  # the aligned checkpoint may decline at most this share of held-out helpfulness prompts
 VALIDATION_TOKENS = 48  # enough to tell a decline from an answer
 ANSWER_ROWS = 128  # greedy answers decoding together: 1.4-1.5x faster than 32 on 2 cores (bench/local_generation.py)
+RUN_OPTIONS_FILE = "demo.json"  # what the run folder was made with (a rerun asking for other settings is refused)
 Precision = Literal["auto", "float32", "bfloat16"]
 
 
@@ -66,6 +67,61 @@ def repo_ids(org: str | None) -> dict[str, str]:
         "model": f"{owner}/smollm2-135m-safer-instruct",
         "space": f"{owner}/safer-instruct-compare",
     }
+
+
+def artefact_options(options: DemoOptions) -> dict[str, Any]:
+    """The options that shape the run's artefacts (``--push`` and ``--org`` only decide where the release goes)."""
+    return {
+        "seed": options.seed,
+        "dtype": options.dtype,
+        "tiny": options.tiny,
+        "over_refusal_bound": options.over_refusal_bound,
+    }
+
+
+def claim_run_dir(options: DemoOptions) -> None:
+    """Record the run folder's options; refuse a rerun that asks for others.
+
+    The pipeline would redo its stages for a new seed, but training, the choice and the evaluation are skipped
+    once finished: the folder would mix a new dataset with the old models and report the old figures.
+    """
+    path = options.run_dir / RUN_OPTIONS_FILE
+    wanted = artefact_options(options)
+    if not path.is_file():
+        options.run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise SaferInstructError(f"{path}: not the options a demo run records; give a new --run-dir")
+    changed = [key for key in wanted if recorded.get(key) != wanted[key]]
+    if changed:
+        was = ", ".join(f"{_as_flag(key, recorded.get(key))} (now {_as_flag(key, wanted[key])})" for key in changed)
+        raise SaferInstructError(
+            f"{options.run_dir} was made with {was}: its finished steps would be reused; "
+            "rerun with its settings to resume it, or give a new --run-dir"
+        )
+
+
+def _as_flag(key: str, value: Any) -> str:
+    """``seed, 1`` as ``--seed 1``; ``tiny, False`` as ``no --tiny``."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}"
+
+
+def check_options(options: DemoOptions) -> None:
+    """Raise on a seed or bound that would only fail, or mislead, deep inside a step."""
+    if not 0 <= options.seed < 2**32:
+        raise SaferInstructError(f"--seed {options.seed}: expected an integer from 0 to 2**32 - 1")
+    if not 0 <= options.over_refusal_bound <= 1:
+        raise SaferInstructError(
+            f"--over-refusal-bound {options.over_refusal_bound}: expected a share from 0 to 1 (0.15 for 15%)"
+        )
 
 
 def check_kit_files() -> None:
@@ -284,7 +340,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoSummar
     console = console or Console()
     if options.push and not options.org:
         raise SaferInstructError("--push needs --org ORG (the Hub user or organisation to publish under)")
+    check_options(options)
     check_kit_files()
+    claim_run_dir(options)
     summary = DemoSummary(options.run_dir)
     steps: list[tuple[str, Callable[[], Any]]] = [
         (

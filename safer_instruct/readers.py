@@ -71,12 +71,13 @@ def check_columns(rows: list[Row], required: Iterable[str], origin: str) -> None
 
 
 def text_field(row: Row, column: str, required: bool = True) -> str:
-    """A text value (an int becomes text); a missing or null field is '' (an error when required), another type an error."""
+    """A text value (an int becomes text); a missing, null or blank field is '' (an error when required), another
+    type an error."""
     value = row.values.get(column)
-    if value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise SaferInstructError(f"{row.where}: field {column!r} is missing or null")
-        return ""
+            raise SaferInstructError(f"{row.where}: field {column!r} is missing or empty")
+        return "" if value is None else value
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise SaferInstructError(f"{row.where}: field {column!r} must be text, got {type(value).__name__}")
     return str(value)

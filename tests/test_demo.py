@@ -155,6 +155,16 @@ def test_push_needs_an_org(installed_demo: InstalledDemo, tmp_path: Path) -> Non
     assert result.returncode == 2 and "--push needs --org ORG" in result.stderr
 
 
+def test_a_rerun_with_another_seed_is_refused_and_touches_nothing(installed_demo: InstalledDemo) -> None:
+    """Else the build would redo its stages for seed 1 while training, the choice and the figures stayed seed 0's."""
+    run_dir = installed_demo.run_dir
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "build.lock"}
+    result = run_demo(installed_demo.command, installed_demo.folder, "--seed", "1")
+    assert result.returncode == 2
+    assert "was made with --seed 0 (now --seed 1)" in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
 def test_robustness_bench_reads_a_finished_demo_run(demo_run, monkeypatch) -> None:
     """bench/robustness.py's report fields, read from a real (tiny) run: rates in [0, 1], the chosen checkpoint."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))

@@ -163,13 +163,13 @@ def test_malformed_prompt_file_names_file_line_and_field(tmp_path: Path) -> None
     with pytest.raises(SaferInstructError, match=r"broken\.jsonl, line 2: malformed JSON"):
         load_prompt_set(PromptSetConfig(kind="unsafe", path=str(broken)))
     missing = write_jsonl(tmp_path / "missing.jsonl", [{"prompt": "fine"}, {}, {"text": "x"}])
-    with pytest.raises(SaferInstructError, match=r"missing\.jsonl, line 2: field `prompt` is missing or empty"):
+    with pytest.raises(SaferInstructError, match=r"missing\.jsonl, line 2: field 'prompt' is missing or empty"):
         load_prompt_set(PromptSetConfig(kind="unsafe", path=str(missing)))
     typed = write_jsonl(tmp_path / "typed.jsonl", [{"prompt": ["a", "list"]}])
-    with pytest.raises(SaferInstructError, match=r"typed\.jsonl, line 1: field `prompt` must be text"):
+    with pytest.raises(SaferInstructError, match=r"typed\.jsonl, line 1: field 'prompt' must be text"):
         load_prompt_set(PromptSetConfig(kind="unsafe", path=str(typed)))
     labelled = write_jsonl(tmp_path / "labelled.jsonl", [{"prompt": "p", "answer": "a", "harmful": "maybe"}])
-    with pytest.raises(SaferInstructError, match=r"labelled\.jsonl, line 1: field `harmful` must be true or false"):
+    with pytest.raises(SaferInstructError, match=r"labelled\.jsonl, line 1: field 'harmful' must be true or false"):
         load_labelled(labelled)
     with pytest.raises(SaferInstructError, match="file not found"):
         load_prompt_set(PromptSetConfig(kind="benign", path=str(tmp_path / "absent.jsonl")))
@@ -199,7 +199,7 @@ PAPER_CSV = (
 def test_missing_answer_column_is_named(tmp_path: Path) -> None:
     source = tmp_path / "answers.csv"
     source.write_text(PAPER_CSV, encoding="utf-8")
-    with pytest.raises(SaferInstructError, match=r"answers\.csv, line 2: no answer column `beaver`"):
+    with pytest.raises(SaferInstructError, match=r"answers\.csv, line 2: no answer column 'beaver'"):
         load_answers(AnswersConfig(path=str(source), models=["alpaca", "beaver"]))
 
 
@@ -426,7 +426,7 @@ def _prompt_file(tmp_path: Path, name: str, content: str) -> str:
         ("set.json", '[{"prompt": "x"}, 3]', r"set\.json: expected a JSON list of objects"),
         ("set.json", "[{", r"set\.json, line 1: malformed JSON"),
         ("set.jsonl", "\n\n", r"set\.jsonl: no rows \(empty file\)"),
-        ("set.csv", "prompt,category\n,hate\n", r"set\.csv, line 2: field `prompt` is missing or empty"),
+        ("set.csv", "prompt,category\n,hate\n", r"set\.csv, line 2: field 'prompt' is missing or empty"),
     ],
 )
 def test_bad_prompt_files(tmp_path: Path, name: str, content: str, message: str) -> None:

@@ -280,7 +280,7 @@ def test_dataset_with_a_missing_column_names_file_and_column(tmp_path: Path) -> 
     Dataset.from_list(rows).to_parquet(str(run / "dataset" / "train-00000-of-00001.parquet"))
     with pytest.raises(SaferInstructError, match=r"train-00000-of-00001\.parquet: missing column\(s\) kind"):
         write_dataset_repo(run, "org/x", tmp_path / "release")
-    with pytest.raises(SaferInstructError, match="no parquet files"):
+    with pytest.raises(SaferInstructError, match="no preference dataset here"):
         write_dataset_repo(tmp_path / "empty", "org/x", tmp_path / "release2")
 
 

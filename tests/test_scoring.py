@@ -301,7 +301,7 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
     bad = write_jsonl(
         tmp_path / "set.jsonl", [{"prompt": "p", "completion": "c", "label": "refusal", "style": "s", "voice": "v"}]
     )
-    with pytest.raises(SaferInstructError, match=r"set\.jsonl, line 1: field `label` must be one of full_compliance"):
+    with pytest.raises(SaferInstructError, match=r"set\.jsonl, line 1: field 'label' must be one of full_compliance"):
         load_cases(bad)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from safer_instruct import device
+from safer_instruct.errors import SaferInstructError
 from safer_instruct.evaluate.runner import helpfulness_verdict
 from safer_instruct.evaluate.select import Scored, choose
 from safer_instruct.evaluate.stats import rate
@@ -237,3 +238,40 @@ def test_the_full_demo_chooses_also_on_the_probes_held_out_requests(monkeypatch)
         "safety": ["Insult my neighbour."],
         "helpfulness": ["How do I boil an egg?"],
     }
+
+
+def test_a_run_folder_refuses_a_rerun_with_other_settings(tmp_path) -> None:
+    """A new seed would rebuild the dataset but keep the finished models and figures: refused, nothing touched."""
+    from safer_instruct import demo
+
+    run_dir = tmp_path / "run"
+    demo.claim_run_dir(demo.DemoOptions(run_dir=run_dir))
+    demo.claim_run_dir(demo.DemoOptions(run_dir=run_dir))  # the same settings resume
+    recorded = (run_dir / demo.RUN_OPTIONS_FILE).read_bytes()
+    with pytest.raises(SaferInstructError, match=r"--seed 0 \(now --seed 1\), no --tiny \(now --tiny\)"):
+        demo.claim_run_dir(demo.DemoOptions(run_dir=run_dir, seed=1, tiny=True))
+    assert (run_dir / demo.RUN_OPTIONS_FILE).read_bytes() == recorded
+    (run_dir / demo.RUN_OPTIONS_FILE).write_text("[1, 2]")
+    with pytest.raises(SaferInstructError, match=r"demo\.json: not the options a demo run records"):
+        demo.claim_run_dir(demo.DemoOptions(run_dir=run_dir))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"over_refusal_bound": 15.0}, r"--over-refusal-bound 15.0: expected a share from 0 to 1"),
+        ({"seed": -1}, r"--seed -1"),
+    ],
+    ids=["bound-as-a-percentage", "negative-seed"],
+)
+def test_demo_options_that_would_mislead_are_refused_before_any_work(tmp_path, monkeypatch, options, message) -> None:
+    """A bound of 15 (meant as 15%) would let every checkpoint through and keep the least cautious one."""
+    from safer_instruct import demo
+
+    def work_began() -> None:
+        raise AssertionError("the demo began its work")
+
+    monkeypatch.setattr(demo, "check_kit_files", work_began)
+    with pytest.raises(SaferInstructError, match=message):
+        demo.run_demo(demo.DemoOptions(run_dir=tmp_path / "run", **options))
+    assert not (tmp_path / "run").exists()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from safer_instruct.config import StrictModel
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.readers import read_hub, read_rows
+from safer_instruct.readers import read_hub, read_rows, text_field
 
 DATA_DIR = Path(__file__).parent / "data"
 SetKind = Literal["unsafe", "benign_risky", "benign"]
@@ -68,34 +68,14 @@ def item_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (where, record) from a local JSONL/JSON/CSV/parquet file; ``where`` names file and line/row."""
-    for row in read_rows(path):
-        yield row.where, row.values
-
-
-def text_field(where: str, record: dict[str, Any], field: str, required: bool = True) -> str:
-    """A string field, non-empty when required; errors name where and which field."""
-    value = record.get(field)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise SaferInstructError(f"{where}: field `{field}` is missing or empty")
-        return ""
-    if not isinstance(value, str):
-        raise SaferInstructError(f"{where}: field `{field}` must be text, got {type(value).__name__}")
-    return value
-
-
 def load_prompt_set(config: PromptSetConfig) -> list[PromptItem]:
     """The prompts of one set, in file order, first ``limit`` only."""
-    records = _hub_records(config) if config.hub else read_records(config.source())
+    rows = read_hub(config.hub, config.hub_config, config.split) if config.hub else read_rows(config.source())
     items: list[PromptItem] = []
-    for where, record in records:
-        prompt = text_field(where, record, config.prompt_column)
-        category = text_field(where, record, config.category_column, required=False) if config.category_column else ""
-        reference = (
-            text_field(where, record, config.reference_column, required=False) if config.reference_column else ""
-        )
+    for row in rows:
+        prompt = text_field(row, config.prompt_column)
+        category = text_field(row, config.category_column, required=False) if config.category_column else ""
+        reference = text_field(row, config.reference_column, required=False) if config.reference_column else ""
         items.append(
             PromptItem(id=item_id(prompt), prompt=prompt, category=category or config.kind, reference=reference)
         )
@@ -106,27 +86,22 @@ def load_prompt_set(config: PromptSetConfig) -> list[PromptItem]:
     return items
 
 
-def _hub_records(config: PromptSetConfig) -> Iterator[tuple[str, dict[str, Any]]]:
-    for row in read_hub(config.hub, config.hub_config, config.split):
-        yield row.where, row.values
-
-
 def load_labelled(path: str | Path | None = None) -> list[LabelledAnswer]:
     """The judge's labelled set: ``prompt``, ``answer``, ``harmful`` (bool), ``note``."""
     path = path or DATA_DIR / "judge_labelled.jsonl"
     cases = []
-    for where, record in read_records(path):
-        harmful = record.get("harmful")
+    for row in read_rows(path):
+        harmful = row.values.get("harmful")
         if isinstance(harmful, str) and harmful.strip().lower() in {"true", "false"}:
             harmful = harmful.strip().lower() == "true"
         if not isinstance(harmful, bool):
-            raise SaferInstructError(f"{where}: field `harmful` must be true or false, got {harmful!r}")
+            raise SaferInstructError(f"{row.where}: field 'harmful' must be true or false, got {harmful!r}")
         cases.append(
             LabelledAnswer(
-                prompt=text_field(where, record, "prompt"),
-                answer=text_field(where, record, "answer", required=False),
+                prompt=text_field(row, "prompt"),
+                answer=text_field(row, "answer", required=False),
                 harmful=harmful,
-                note=text_field(where, record, "note", required=False),
+                note=text_field(row, "note", required=False),
             )
         )
     if not cases:
@@ -149,18 +124,18 @@ def load_answers(config: AnswersConfig) -> tuple[dict[str, list[PromptItem]], di
     prompts: dict[str, list[PromptItem]] = {}
     answers: dict[str, dict[str, list[str]]] = {}
     models = list(config.models)
-    for where, record in read_records(config.path):
+    for row in read_rows(config.path):
         if not models:
-            models = [c for c in record if c not in {config.instruction_column, config.label_column}]
+            models = [c for c in row.values if c not in {config.instruction_column, config.label_column}]
             if not models:
                 raise SaferInstructError(f"{config.path}: no answer columns besides the instruction and label")
-        prompt = text_field(where, record, config.instruction_column)
-        label = text_field(where, record, config.label_column) if config.label_column else "answers"
+        prompt = text_field(row, config.instruction_column)
+        label = text_field(row, config.label_column) if config.label_column else "answers"
         prompts.setdefault(label, []).append(PromptItem(id=item_id(prompt), prompt=prompt, category=label))
         for model in models:
-            if model not in record:
-                raise SaferInstructError(f"{where}: no answer column `{model}`")
-            answer = text_field(where, record, model, required=False)
+            if model not in row.values:
+                raise SaferInstructError(f"{row.where}: no answer column '{model}'")
+            answer = text_field(row, model, required=False)
             answers.setdefault(model, {}).setdefault(label, []).append(answer)
     if not prompts:
         raise SaferInstructError(f"{config.path}: no rows")

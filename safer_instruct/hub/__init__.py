@@ -7,7 +7,7 @@ its allow-list) → set variables (Space) → visible only if asked.
 
 from safer_instruct.hub.access import AccessPolicy, Decision, decide, handle, list_requests, load_policy, review
 from safer_instruct.hub.client import PushPlan, check_release_flags, hub_api, push
-from safer_instruct.hub.dataset import load_run_dataset, write_dataset_repo
+from safer_instruct.hub.dataset import write_dataset_repo
 from safer_instruct.hub.model import eval_results_for, hub_base_model, write_model_repo
 from safer_instruct.hub.publish import Release, publish_dataset, publish_model, publish_space
 from safer_instruct.hub.space import space_variables, write_space_repo
@@ -25,7 +25,6 @@ __all__ = [
     "hub_base_model",
     "list_requests",
     "load_policy",
-    "load_run_dataset",
     "publish_dataset",
     "publish_model",
     "publish_space",

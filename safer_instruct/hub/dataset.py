@@ -12,17 +12,15 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import datasets
-import pyarrow
-import pyarrow.parquet
 import yaml
-from datasets import DatasetDict, load_dataset
-from datasets.exceptions import DatasetGenerationError
+from datasets import DatasetDict
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.hub.cards import CITATION, PAPER_URL, markdown_table, read_json, sha256_short, template_path
 from safer_instruct.hub.gating import gating_metadata
 from safer_instruct.hub.release_dir import fresh_release_dir
+from safer_instruct.pipeline.assemble import load_preferences
 from safer_instruct.pipeline.records import ROW
 from safer_instruct.prompts import load_template
 from safer_instruct.prompts.reverse import REVERSE_TEMPLATE
@@ -32,47 +30,7 @@ READABLE_TYPES = {"messages": "list of `{role, content}`", "json": "JSON string"
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 LOCAL_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/])")
-SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
-REQUIRED_COLUMNS = ("id", "prompt", "chosen", "rejected", "category", "kind")
 DEFAULT_LICENSE = "cc-by-nc-4.0"
-
-
-def load_run_dataset(run_dir: str | Path) -> DatasetDict:
-    """The preference DatasetDict a pipeline run left in ``<run>/dataset/`` (parquet per split)."""
-    folder = Path(run_dir) / "dataset"
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        raise SaferInstructError(f"{folder}: no parquet files; run `safer-instruct build` first")
-    splits: dict[str, list[str]] = {}
-    for path in files:
-        _check_parquet(path)
-        splits.setdefault(path.name.split("-")[0], []).append(str(path))
-    try:
-        with quiet_datasets():
-            loaded = load_dataset("parquet", data_files=splits)
-    except (DatasetGenerationError, pyarrow.ArrowException) as err:
-        raise SaferInstructError(
-            f"{folder}: its parquet files could not be read ({str(err).splitlines()[0]}); "
-            "rebuild the dataset with `safer-instruct build`"
-        ) from None
-    data = DatasetDict(
-        {name: loaded[name] for name in sorted(loaded, key=lambda n: (SPLIT_ORDER.get(n, len(SPLIT_ORDER)), n))}
-    )
-    for split, dataset in data.items():
-        missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
-        if missing:
-            raise SaferInstructError(f"{splits[split][0]}: missing column(s) {', '.join(missing)} in split {split!r}")
-    return data
-
-
-def _check_parquet(path: Path) -> None:
-    """A file that is not a readable parquet table is named before ``datasets`` reads it."""
-    try:
-        pyarrow.parquet.read_schema(path)
-    except (pyarrow.ArrowException, OSError) as err:
-        raise SaferInstructError(
-            f"{path}: not a readable parquet file ({err}); rebuild the dataset with `safer-instruct build`"
-        ) from None
 
 
 @contextmanager
@@ -106,7 +64,8 @@ def write_dataset_repo(
 ) -> Path:
     """Write the complete dataset repo folder (data, card, funnel chart, templates, config); returns it."""
     run_dir = Path(run_dir)
-    data = load_run_dataset(run_dir)
+    with quiet_datasets():
+        data = load_preferences(run_dir)
     folder = fresh_release_dir(local_dir, repo_id)
     configs = _write_configs(data, folder)
     eval_configs = _write_eval_configs(read_json(run_dir / "eval" / "results.json"), folder)

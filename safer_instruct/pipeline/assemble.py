@@ -218,15 +218,36 @@ def write_parquet(rows: list[dict[str, Any]], path: Path, chunk: int = 2000) -> 
 
 
 def load_preferences(run_dir: str | Path):
-    """The preference ``DatasetDict`` a build wrote under ``<run_dir>/dataset/`` (or that folder itself)."""
+    """The preference ``DatasetDict`` a build wrote under ``<run_dir>/dataset/`` (or that folder itself).
+
+    Each file is checked before ``datasets`` reads it: one that is not parquet, or lacks a column of the row
+    schema, is named with what is wrong.
+    """
     from datasets import load_dataset
 
     folder = Path(run_dir)
     folder = folder / DATASET_DIR if (folder / DATASET_DIR).is_dir() else folder
-    files = {name: sorted(str(p) for p in folder.glob(f"{name}-*.parquet")) for name in SPLITS}
+    files = {name: sorted(folder.glob(f"{name}-*.parquet")) for name in SPLITS}
     files = {name: paths for name, paths in files.items() if paths}
     if not files:
         raise SaferInstructError(
             f"{folder}: no preference dataset here (expected train-*.parquet); run `safer-instruct build` first"
         )
-    return load_dataset("parquet", data_files=files, features=features())
+    for path in (path for paths in files.values() for path in paths):
+        check_preference_file(path)
+    return load_dataset("parquet", data_files={k: [str(p) for p in v] for k, v in files.items()}, features=features())
+
+
+def check_preference_file(path: Path) -> None:
+    """Raise, naming the file, when it is not a readable parquet table with every column of a preference row."""
+    import pyarrow
+    import pyarrow.parquet
+
+    rebuild = "rebuild the dataset with `safer-instruct build`"
+    try:
+        columns = set(pyarrow.parquet.read_schema(path).names)
+    except (pyarrow.ArrowException, OSError) as err:
+        raise SaferInstructError(f"{path}: not a readable parquet file ({err}); {rebuild}") from None
+    missing = [name for name in names(ROW) if name not in columns]
+    if missing:
+        raise SaferInstructError(f"{path}: missing column(s) {', '.join(missing)}; {rebuild}")

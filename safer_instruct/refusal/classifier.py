@@ -92,7 +92,7 @@ def load_cases(path: str | Path) -> list[LabelledCase]:
     for row in read_rows(path):
         label = text_field(row, "label")
         if label not in LABELS:
-            raise SaferInstructError(f"{row.where}: field `label` must be one of {', '.join(LABELS)}, got {label!r}")
+            raise SaferInstructError(f"{row.where}: field 'label' must be one of {', '.join(LABELS)}, got {label!r}")
         cases.append(
             LabelledCase(
                 prompt=text_field(row, "prompt"),
