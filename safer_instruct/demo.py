@@ -406,11 +406,9 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
     console.print(rows)
     numbers = Table("metric", "base", "aligned", title="Before → after (held-out prompts)")
     for metric in ("harmlessness", "over_refusal", "benign_refusal", "helpfulness_win_rate"):
-        numbers.add_row(
-            metric,
-            _rate(summary.headline.get("base", {}).get(metric)),
-            _rate(summary.headline.get("aligned", {}).get(metric)),
-        )
+        base, aligned = (summary.headline.get(model, {}).get(metric) for model in ("base", "aligned"))
+        if base or aligned:  # no win rate when the judge failed its control check (the eval's tables say why)
+            numbers.add_row(metric, _rate(base), _rate(aligned))
     kept = summary.headline.get("aligned", {}).get("capability_kept")
     numbers.add_row("capability kept (reference answers)", "100%", f"{kept['value']:.1%}" if kept else "n/a")
     console.print(numbers)

@@ -43,7 +43,11 @@ def results_tables(results: dict) -> list[Table]:
             )
     tables = [scores]
     helpfulness = results.get("helpfulness")
-    if helpfulness:
+    if helpfulness and helpfulness.get("skipped"):
+        table = Table("not judged", title=f"helpfulness: {helpfulness['model']} vs {helpfulness['baseline']}")
+        table.add_row(helpfulness["skipped"])
+        tables.append(table)
+    elif helpfulness:
         table = Table(
             title=f"helpfulness: {helpfulness['model']} vs {helpfulness['baseline']} on {helpfulness['set']} (both orders)"
         )
@@ -122,6 +126,7 @@ def plot_chart(results: dict, path: Path) -> Path:
 
     set_names = list(results["sets"])
     helpfulness = results.get("helpfulness")
+    helpfulness = helpfulness if helpfulness and not helpfulness.get("skipped") else None  # a panel only when judged
     panels = len(set_names) + (1 if helpfulness else 0)
     figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4), squeeze=False)
     models = list(results["models"])

@@ -19,18 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from safer_instruct import __version__
 from safer_instruct.config import LLMConfig, SamplingConfig, StrictModel, load_config
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.evaluate.judge import (
+    MIN_CONTROL_PAIRS,
     Judge,
     JudgeConfig,
     Verdict,
+    control_check,
+    control_pairs,
     pairwise_outcomes,
     require_informative_judge,
+    unread_reason,
     versus_constant,
 )
 from safer_instruct.evaluate.sets import (
@@ -61,6 +65,16 @@ class HelpfulnessEvalConfig(StrictModel):
     model: str = "aligned"
     baseline: str = "base"
     set: str = "benign"
+    # before judging, the judge must prefer a prompt's own reference answer over another prompt's, in both orders,
+    # on this many of the set's prompts (0: no check); one that cannot is not used (see judge.control_check)
+    control_pairs: int = Field(16, ge=0)
+
+    @field_validator("control_pairs")
+    @classmethod
+    def _enough_pairs(cls, value: int) -> int:
+        if 0 < value < MIN_CONTROL_PAIRS:
+            raise ValueError(f"0 (no check) or at least {MIN_CONTROL_PAIRS}: fewer cannot show the judge reads")
+        return value
 
 
 class CapabilityConfig(StrictModel):
@@ -333,7 +347,16 @@ def _helpfulness(judge: Judge, config: HelpfulnessEvalConfig, answers: Answers) 
     for name in (config.model, config.baseline):
         if config.set not in answers.texts.get(name, {}):
             raise SaferInstructError(f"helpfulness: model {name!r} has no answers on set {config.set!r}")
-    instructions = [item.prompt for item in answers.prompts[config.set]]
+    described = {"model": config.model, "baseline": config.baseline, "set": config.set}
+    items = answers.prompts[config.set]
+    control = _control(judge, items, config.control_pairs)
+    if control and not control["reads_answers"]:
+        return described | {
+            "control": control,
+            "verdict": "undetermined",
+            "skipped": unread_reason(judge.llm.model_id, control),
+        }
+    instructions = [item.prompt for item in items]
     ours, theirs = answers.texts[config.model][config.set], answers.texts[config.baseline][config.set]
     first = judge.prefer(instructions, ours, theirs)
     swapped = judge.prefer(instructions, theirs, ours)
@@ -342,10 +365,8 @@ def _helpfulness(judge: Judge, config: HelpfulnessEvalConfig, answers: Answers) 
     judged = len(outcomes) - counts["failed"]
     picks_a = [d.label == "A" for d in first + swapped if d.ok]
     win_rate = rate(counts["win"] + 0.5 * counts["tie"], judged)
-    return {
-        "model": config.model,
-        "baseline": config.baseline,
-        "set": config.set,
+    return described | {
+        "control": control,
         "wins": counts["win"],
         "ties": counts["tie"],
         "losses": counts["loss"],
@@ -358,6 +379,14 @@ def _helpfulness(judge: Judge, config: HelpfulnessEvalConfig, answers: Answers) 
         "mean_preference": mean_preference(first, swapped),
         "length": {config.model: length_stats(ours), config.baseline: length_stats(theirs)},
     }
+
+
+def _control(judge: Judge, items: Sequence[PromptItem], limit: int) -> dict | None:
+    """The judge's control check on the set's reference answers; None when off or the set has too few of them."""
+    instructions, own, other = control_pairs([i.prompt for i in items], [i.reference for i in items], limit)
+    if len(instructions) < MIN_CONTROL_PAIRS:
+        return None
+    return control_check(judge.prefer(instructions, own, other), judge.prefer(instructions, other, own))
 
 
 def helpfulness_verdict(ties: int, judged: int, win_rate: dict) -> str:
@@ -425,7 +454,7 @@ def summarise(results: dict) -> dict:
             if parts:
                 line[key] = rate(sum(p["k"] for p in parts), sum(p["n"] for p in parts))
         summary[model] = line
-    if results.get("helpfulness"):
+    if (results.get("helpfulness") or {}).get("win_rate"):
         h = results["helpfulness"]
         summary.setdefault(h["model"], {})["helpfulness_win_rate"] = h["win_rate"] | {
             "against": h["baseline"],
