@@ -77,7 +77,7 @@ def text_field(row: Row, column: str, required: bool = True) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise SaferInstructError(f"{row.where}: field {column!r} is missing or empty")
-        return "" if value is None else value
+        return ""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise SaferInstructError(f"{row.where}: field {column!r} must be text, got {type(value).__name__}")
     return str(value)

@@ -134,6 +134,11 @@ def base_config(tmp_path: Path, source: Path, **extra) -> PipelineConfig:
         ),
         ("raw.csv", b'id,text,category\na,"fine text here",hate\nb,"unterminated,hate\n', "raw.csv, line 3"),
         ("raw.csv", b"id,text,category\na,fine text here,hate,extra\n", "raw.csv, line 2: expected 3 fields"),
+        (
+            "raw.jsonl",
+            b'{"id": "a", "text": "fine text here", "category": "  "}\n',
+            "raw.jsonl, line 1: field 'category' is missing or empty",
+        ),
         ("raw.txt", b"hello", "unsupported file type"),
     ],
 )

@@ -167,6 +167,21 @@ def pairwise_outcomes(first: Sequence[Decision], swapped: Sequence[Decision]) ->
     return outcomes
 
 
+def pairwise_tally(first: Sequence[Decision], swapped: Sequence[Decision]) -> dict:
+    """Both orders combined (see ``pairwise_outcomes``): pairs, wins, ties, losses and failures of the answer shown
+    as A in ``first``, and how often the judge picked whichever answer was shown first."""
+    outcomes = pairwise_outcomes(first, swapped)
+    picks = [d.label == "A" for d in (*first, *swapped) if d.ok]
+    return {
+        "n": len(outcomes),
+        "wins": outcomes.count("win"),
+        "ties": outcomes.count("tie"),
+        "losses": outcomes.count("loss"),
+        "failures": outcomes.count("failed"),
+        "judge_picks_first": rate(sum(picks), len(picks)),
+    }
+
+
 def control_pairs(
     instructions: Sequence[str], references: Sequence[str], limit: int
 ) -> tuple[list[str], list[str], list[str]]:
@@ -182,19 +197,9 @@ def control_check(first: Sequence[Decision], swapped: Sequence[Decision]) -> dic
     """Whether the judge reads the answers: ``first`` showed each instruction's own reference as A and another
     instruction's as B, ``swapped`` the reverse. A judge that reads prefers the own one in both orders more often
     than not (the 95% interval of its win rate above one half); one that follows position calls every pair a tie."""
-    outcomes = pairwise_outcomes(first, swapped)
-    win_rate = rate(outcomes.count("win"), len(outcomes))
-    picks = [d.label == "A" for d in (*first, *swapped) if d.ok]
-    return {
-        "n": len(outcomes),
-        "wins": outcomes.count("win"),
-        "ties": outcomes.count("tie"),
-        "losses": outcomes.count("loss"),
-        "failures": outcomes.count("failed"),
-        "win_rate": win_rate,
-        "judge_picks_first": rate(sum(picks), len(picks)),
-        "reads_answers": win_rate["low"] > 0.5,
-    }
+    counts = pairwise_tally(first, swapped)
+    win_rate = rate(counts["wins"], counts["n"])
+    return counts | {"win_rate": win_rate, "reads_answers": win_rate["low"] > 0.5}
 
 
 def unread_reason(model: str, control: dict) -> str:

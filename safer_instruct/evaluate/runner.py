@@ -32,7 +32,7 @@ from safer_instruct.evaluate.judge import (
     Verdict,
     control_check,
     control_pairs,
-    pairwise_outcomes,
+    pairwise_tally,
     require_informative_judge,
     unread_reason,
     versus_constant,
@@ -360,25 +360,22 @@ def _helpfulness(judge: Judge, config: HelpfulnessEvalConfig, answers: Answers) 
     ours, theirs = answers.texts[config.model][config.set], answers.texts[config.baseline][config.set]
     first = judge.prefer(instructions, ours, theirs)
     swapped = judge.prefer(instructions, theirs, ours)
-    outcomes = pairwise_outcomes(first, swapped)
-    counts = {key: outcomes.count(key) for key in ("win", "tie", "loss", "failed")}
-    judged = len(outcomes) - counts["failed"]
-    picks_a = [d.label == "A" for d in first + swapped if d.ok]
-    win_rate = rate(counts["win"] + 0.5 * counts["tie"], judged)
-    return described | {
-        "control": control,
-        "wins": counts["win"],
-        "ties": counts["tie"],
-        "losses": counts["loss"],
-        "failures": counts["failed"],
-        "win_rate": win_rate,
-        "strict_win_rate": rate(counts["win"], judged),
-        "tie_rate": rate(counts["tie"], judged),
-        "verdict": helpfulness_verdict(counts["tie"], judged, win_rate),
-        "judge_picks_first": rate(sum(picks_a), len(picks_a)),
-        "mean_preference": mean_preference(first, swapped),
-        "length": {config.model: length_stats(ours), config.baseline: length_stats(theirs)},
-    }
+    counts = pairwise_tally(first, swapped)
+    judged = counts.pop("n") - counts["failures"]
+    win_rate = rate(counts["wins"] + 0.5 * counts["ties"], judged)
+    return (
+        described
+        | counts
+        | {
+            "control": control,
+            "win_rate": win_rate,
+            "strict_win_rate": rate(counts["wins"], judged),
+            "tie_rate": rate(counts["ties"], judged),
+            "verdict": helpfulness_verdict(counts["ties"], judged, win_rate),
+            "mean_preference": mean_preference(first, swapped),
+            "length": {config.model: length_stats(ours), config.baseline: length_stats(theirs)},
+        }
+    )
 
 
 def _control(judge: Judge, items: Sequence[PromptItem], limit: int) -> dict | None:

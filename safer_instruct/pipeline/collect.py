@@ -46,8 +46,6 @@ def load_source(source: SourceConfig) -> list[RawResponse]:
             )
         seen[source_id] = row.where
         category = source.category or text_field(row, source.category_column).strip()
-        if not category:
-            raise SaferInstructError(f"{row.where}: field {source.category_column!r} is empty")
         responses.append(
             RawResponse(
                 source.name, source_id, category, text_field(row, source.text_column, required=False), row.where
