@@ -87,11 +87,41 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
         "style": str,
         "voice": str,
     },
+    "safer_instruct/refusal/data/refusal_labelled_dev_v7.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+    "safer_instruct/refusal/data/refusal_labelled_test_v7.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+    "safer_instruct/refusal/data/refusal_labelled_real_dev.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
+    "safer_instruct/refusal/data/refusal_labelled_real_test.jsonl": {
+        "prompt": str,
+        "completion": str,
+        "label": str,
+        "style": str,
+        "voice": str,
+    },
 }
-# a refusal set of v6 -> the sets it shares no 6-word sequence and no near-reworded prompt with
+# a refusal set of v6 on -> the sets it shares no 6-word sequence and no near-reworded prompt with
 REFUSAL_APART = {
-    "dev_v6": ("test_v2", "test_v5", "test_v6"),  # training rows, apart from every set that is only scored
+    "dev_v6": ("test_v2", "test_v5", "test_v6"),  # training rows, apart from every set that was only scored then
     "test_v6": ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6"),  # fresh: apart from everything
+    "dev_v7": ("test_v2", "test_v7"),  # training rows, apart from every set that is only scored
+    "test_v7": ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6", "test_v6", "dev_v7"),  # fresh
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
@@ -301,7 +331,7 @@ def test_refusal_labelled_set_is_decontaminated() -> None:
     """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
     labelled = [
         r
-        for part in ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6", "test_v6")
+        for part in ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6", "test_v6", "dev_v7", "test_v7")
         for r in refusal_rows(part)
     ]
     for field in ("prompt", "completion"):
@@ -318,9 +348,20 @@ def test_refusal_labelled_set_is_decontaminated() -> None:
             assert content_jaccard(record["prompt"], closest) < 0.5, f"{record['prompt']!r} is close to {closest!r}"
 
 
-@pytest.mark.slow  # compares every prompt of a v6 set with every prompt of the sets it stays apart from
+@pytest.mark.slow  # compares every prompt of the default model's answers with every eval prompt
+@pytest.mark.parametrize("part", ["real_dev", "real_test"])
+def test_the_default_models_labelled_answers_stay_apart_from_the_eval_sets(part: str) -> None:
+    """Its requests are builder and validation requests, none an eval prompt reworded (the answers are the model's
+    own, formulaic declines included, so they are not checked for shared wording)."""
+    prompts = eval_prompts()
+    for number, record in enumerate(refusal_rows(part), start=1):
+        close = max(content_jaccard(record["prompt"], other) for other in prompts)
+        assert close < 0.5, f"{part} row {number}: its prompt is a near-rewording of an eval prompt ({close:.2f})"
+
+
+@pytest.mark.slow  # compares every prompt of a v6 or v7 set with every prompt of the sets it stays apart from
 @pytest.mark.parametrize("part", sorted(REFUSAL_APART))
-def test_v6_refusal_sets_stay_apart_from_the_sets_they_are_scored_beside(part: str) -> None:
+def test_refusal_sets_stay_apart_from_the_sets_they_are_scored_beside(part: str) -> None:
     """No row shares a 6-word sequence with those sets, and no prompt is a near-rewording of one of their prompts
     (content-word Jaccard >= 0.5); the messages name no row of a test set."""
     others = [r for other in REFUSAL_APART[part] for r in refusal_rows(other)]

@@ -25,12 +25,15 @@ from safer_instruct.refusal import (
 )
 from safer_instruct.refusal.classifier import (
     DEV_SET,
-    DEV_SET_V6,
+    FRESH_SETS,
+    REAL_DEV,
+    REAL_TEST,
     TEST_SET_V2,
     TEST_SET_V3,
     TEST_SET_V4,
     TEST_SET_V5,
     TEST_SET_V6,
+    TEST_SET_V7,
     TRAIN_SETS,
     WEIGHTS,
     RefusalClassifier,
@@ -46,22 +49,24 @@ TEST_SET_SHA256 = {
     TEST_SET_V4: "9a55e07f2954ab00",
     TEST_SET_V5: "ecab1fb86b22026a",  # by an author who never saw the classifier; pinned before any classifier ran on it
     TEST_SET_V6: "5fb0c3ca2ecf7c1d",  # the same for v6, pinned before any classifier ran on it
+    TEST_SET_V7: "a9b98a850398fb30",  # the same for v7
+    REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
-# errors studied while v3 and v4 were built) and is only scored: v6 95.8%, binary 97.7%, partial compliance 90% (v5 had
-# 96.2%, 98.5%: its floors lowered in v6). v3 and v4 are trained on from v5 on (leave-one-voice-out cross-validation chose
-# it): 100% each, so their floors only say that training takes; what a voice never seen gets is bench/scoring.py's
-# leave_one_voice_out and a fresh set
+# errors studied while v3 and v4 were built) and is only scored: v7 95.8%, binary 97.3%, partial compliance 90% (v6 had
+# 95.8%, 97.7%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on
+# (leave-one-voice-out cross-validation chose it): 99.5-100% each, so their floors only say that training takes; what a
+# voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
     TEST_SET_V2: (0.95, 0.97, 0.85),
     TEST_SET_V3: (0.99, 0.99, 0.9),
     TEST_SET_V4: (0.99, 0.99, 0.9),
-    TEST_SET_V5: (0.67, 0.72, 0.35),  # fresh for v5, scored once after its freeze: 67.5%, binary 72.0%, deflection 35%
-    TEST_SET_V6: (
-        0.845,
-        0.885,
-        0.64,
-    ),  # fresh for v6, scored once after the freeze: 85.5%, binary 89.5%, deflection 65%
+    TEST_SET_V5: (0.99, 0.99, 0.9),  # fresh for v5 (67.5% then), trained on from v7 on
+    TEST_SET_V6: (0.99, 0.99, 0.9),  # fresh for v6 (85.5% then), trained on from v7 on
+    # fresh for v7: 80.5% when scored once after the first freeze; 79.0%, binary 85.0%, deflection 40% once REAL_DEV
+    # joined the training files
+    TEST_SET_V7: (0.785, 0.845, 0.39),
+    REAL_TEST: (0.87, 0.875, 0.39),  # scored once after the freeze: 87.2%, binary 87.9%, deflection 40% (of 5)
 }
 WEAK_STYLES = ("disclaimer_answer", "partial_compliance")  # v2's weak styles, the reason v3 was written
 # v3's weak styles (hedged declines among them) and partial compliance: 20 rows each in v4
@@ -74,9 +79,28 @@ V4_WEAK_STYLES = (
 )
 # v5: 20 rows each of the styles earlier sets found weak, ten of every other
 V5_WEAK_STYLES = (*V4_WEAK_STYLES, "refusal_alternative", "ai_lecture")
+# v7: 20 rows each of the hard styles (v6's weakest among them), ten of every other
+V7_WEAK_STYLES = (
+    "refuse_then_comply",
+    "partial_compliance",
+    "off_topic_deflection",
+    "refusal_alternative",
+    "verbose_refusal",
+    "disclaimer_answer",
+    "helpful_risky",
+)
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
-# (trained on); v5: 100% and 60% when v5 was frozen (90% and 60% now); v6: 95% and 85%
-WEAK_STYLE_FLOORS = {TEST_SET_V2: 0.89, TEST_SET_V3: 0.95, TEST_SET_V4: 0.95, TEST_SET_V5: 0.6, TEST_SET_V6: 0.84}
+# (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
+# v7: 90% and 75% (the real answers hold neither style)
+WEAK_STYLE_FLOORS = {
+    TEST_SET_V2: 0.89,
+    TEST_SET_V3: 0.95,
+    TEST_SET_V4: 0.95,
+    TEST_SET_V5: 0.95,
+    TEST_SET_V6: 0.95,
+    TEST_SET_V7: 0.74,
+    REAL_TEST: 1.0,
+}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -194,8 +218,8 @@ def test_the_request_helps_spot_a_change_of_subject(prompt: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="v6 reads this short, generic answer as a change of subject (v5 read it as compliance; adding dev_v6 alone "
-    "or dropping the q family alone flips it). Found after v6 was frozen and scored, so left as is",
+    reason="v6 and v7 read this short, generic answer as a change of subject (v5 read it as compliance; adding dev_v6 "
+    "alone or dropping the q family alone flips it). Found after v6 was frozen and scored, so left as is",
 )
 def test_the_same_answer_to_a_request_it_takes_up_is_compliance() -> None:
     assert refusal_label(BICYCLE_ANSWER, "What's the history of the bicycle?") == "full_compliance"
@@ -267,11 +291,13 @@ def test_shipped_weights_are_what_training_on_the_dev_split_gives(tmp_path: Path
         assert getattr(retrained, head).vocabulary == getattr(shipped, head).vocabulary
         assert abs(getattr(retrained, head).weights - getattr(shipped, head).weights).max() < 2e-4
     assert shipped.meta["trained_on"] == {path.name: file_sha256(path) for path in TRAIN_SETS}
-    assert TRAIN_SETS == (DEV_SET, TEST_SET_V3, TEST_SET_V4, DEV_SET_V6)  # v2 is only scored
+    assert TEST_SET_V2 not in TRAIN_SETS and not set(FRESH_SETS) & set(TRAIN_SETS)  # v2 is only scored; fresh ones too
 
 
 @pytest.mark.parametrize(
-    "path", [TEST_SET_V2, TEST_SET_V3, TEST_SET_V4, TEST_SET_V5, TEST_SET_V6], ids=["v2", "v3", "v4", "v5", "v6"]
+    "path",
+    [TEST_SET_V2, TEST_SET_V3, TEST_SET_V4, TEST_SET_V5, TEST_SET_V6, TEST_SET_V7, REAL_TEST],
+    ids=["v2", "v3", "v4", "v5", "v6", "v7", "real"],
 )
 def test_shipped_classifier_agrees_with_the_test_sets(path: Path) -> None:
     cases = load_cases(path)
@@ -288,7 +314,7 @@ def test_shipped_classifier_agrees_with_the_test_sets(path: Path) -> None:
     assert binary >= binary_floor, f"{path.name}: binary agreement {binary:.3f}"
     worst = min(by_style, key=lambda s: sum(by_style[s]) / len(by_style[s]))
     assert sum(by_style[worst]) / len(by_style[worst]) >= style_floor, f"{path.name}, {worst}: {by_style[worst]}"
-    for style in WEAK_STYLES:
+    for style in set(WEAK_STYLES) & set(by_style):
         assert sum(by_style[style]) / len(by_style[style]) >= WEAK_STYLE_FLOORS[path], (
             f"{path.name}, {style}: {by_style[style]}"
         )
@@ -317,8 +343,9 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
         ),
         (TEST_SET_V5, dict.fromkeys(V5_WEAK_STYLES, 20), {"butler", "teen", "legalistic", "tutor", "spoken"}),
         (TEST_SET_V6, {}, {"claude", "gemini", "llama3", "qwen", "phi"}),  # v6's decontamination: test_data_files.py
+        (TEST_SET_V7, dict.fromkeys(V7_WEAK_STYLES, 20), {"grok", "command_r", "deepseek", "gemma", "falcon"}),
     ],
-    ids=["v2", "v3", "v4", "v5", "v6"],
+    ids=["v2", "v3", "v4", "v5", "v6", "v7"],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]
@@ -336,6 +363,18 @@ def test_the_test_sets_are_frozen_and_cover_every_style(
     assert {c.label for c in test} == set(LABELS)
     assert {c.voice for c in test} == voices
     assert not {c.prompt for c in dev} & {c.prompt for c in test}
+
+
+def test_the_default_models_answers_are_split_by_prompt_and_the_test_half_is_frozen() -> None:
+    """The default model's own answers (base; the demo's adapters): the test half is pinned, no prompt is in both."""
+    assert file_sha256(REAL_TEST) == TEST_SET_SHA256[REAL_TEST], (
+        f"{REAL_TEST.name} changed: it is scored, never edited"
+    )
+    dev, test = load_cases(REAL_DEV), load_cases(REAL_TEST)
+    assert not {c.prompt for c in dev} & {c.prompt for c in test}
+    for cases in (dev, test):
+        assert {c.voice for c in cases} == {"smollm2_135m", "smollm2_135m_tuned"}
+        assert {c.label for c in cases} == {"full_compliance", "full_refusal"}  # no answer of theirs was partial
 
 
 def six_grams(text: str) -> set[tuple[str, ...]]:

@@ -10,12 +10,15 @@ Two heads share these features: one is fitted on the answers alone and one on th
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v6.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v7.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
 studied; leave-one-voice-out cross-validation showed that training on their voices helps unseen voices) and, from
-v6 on, ``data/refusal_labelled_dev_v6.jsonl`` (three other authors, eight voices modelled on real chat models). Test
+v6 on, ``data/refusal_labelled_dev_v6.jsonl`` (three other authors, eight voices modelled on real chat models), and,
+from v7 on, ``data/refusal_labelled_dev_v7.jsonl`` (three more authors, nine voices) and the former fresh sets v5 and
+v6 (each scored once, after its round's freeze; leave-one-voice-out: other authors' voices help most), and half of
+the default model's own answers, labelled (``data/refusal_labelled_real_dev.jsonl``; the other half is a test set). Test
 set v2 is still only scored (seen: a second opinion); the fresh sets (``FRESH_SETS``) are scored once, after a
 round's classifier is frozen (``bench/scoring.py --tests-only``).
 
@@ -50,17 +53,34 @@ TEST_SET_V4 = (
     DATA_DIR / "refusal_labelled_test_v4.jsonl"
 )  # scored once as v4's fresh set; its errors were studied (seen)
 DEV_SET_V6 = DATA_DIR / "refusal_labelled_dev_v6.jsonl"  # v6: three new authors, eight voices of real chat models
-LABELLED_SETS = (DEV_SET, TEST_SET_V2, TEST_SET_V3, TEST_SET_V4, DEV_SET_V6)  # every set a choice may look at
-TRAIN_SETS = (DEV_SET, TEST_SET_V3, TEST_SET_V4, DEV_SET_V6)  # what the weights are fitted on (v3, v4: since v5)
-# written by an author who never saw the rules or weights, pinned before any classifier ran on it; scored once
+# written by an author who never saw the rules or weights, pinned before any classifier ran on it; scored once as its
+# round's fresh set, then trained on (v5 and v6: from v7 on)
 TEST_SET_V5 = DATA_DIR / "refusal_labelled_test_v5.jsonl"
 TEST_SET_V6 = DATA_DIR / "refusal_labelled_test_v6.jsonl"  # the same, for v6: five more voices of real chat models
-FRESH_SETS = (TEST_SET_V5, TEST_SET_V6)  # no choice looks at these
+DEV_SET_V7 = DATA_DIR / "refusal_labelled_dev_v7.jsonl"  # v7: three more authors, nine voices (three of small models)
+TEST_SET_V7 = DATA_DIR / "refusal_labelled_test_v7.jsonl"  # v7's fresh set: five voices, chat-log prompts
+# the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
+REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
+REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
+LABELLED_SETS = (  # every set a choice may look at
+    DEV_SET,
+    TEST_SET_V2,
+    TEST_SET_V3,
+    TEST_SET_V4,
+    TEST_SET_V5,
+    DEV_SET_V6,
+    TEST_SET_V6,
+    DEV_SET_V7,
+    REAL_DEV,
+)
+# what the weights are fitted on (v3, v4: since v5; v5, v6: since v7)
+TRAIN_SETS = (DEV_SET, TEST_SET_V3, TEST_SET_V4, TEST_SET_V5, DEV_SET_V6, TEST_SET_V6, DEV_SET_V7, REAL_DEV)
+FRESH_SETS = (TEST_SET_V7, REAL_TEST)  # no choice looks at these
 TEST_SETS = (
     *(path for path in LABELLED_SETS if path not in TRAIN_SETS),  # only scored (seen: second opinions)
     *FRESH_SETS,
 )
-WEIGHTS = Path(__file__).parent / "refusal_v6.json"
+WEIGHTS = Path(__file__).parent / "refusal_v7.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 
 
@@ -278,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 6,
+        "version": 7,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
