@@ -30,6 +30,10 @@ JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 ea
     "helpful_benign",
     "partial_hedged",
 }
+REFUSAL_FIELDS = {"prompt": str, "completion": str, "label": str, "style": str, "voice": str}
+WRITTEN_REFUSAL_PARTS = ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6", "test_v6", "dev_v7", "test_v7")
+REAL_REFUSAL_PARTS = ("real_dev", "real_test")  # the default model's own answers, labelled
+REFUSAL_PARTS = (*WRITTEN_REFUSAL_PARTS, *REAL_REFUSAL_PARTS)
 SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
     "builders/data/reverse_pairs.jsonl": {"instruction": str, "input": str, "output": str, "kind": str},
     "builders/data/harmful_responses.jsonl": {"id": str, "text": str, "category": str},
@@ -38,83 +42,7 @@ SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
     "safer_instruct/evaluate/data/benign_risky.jsonl": {"prompt": str, "category": str, "reference": str},
     "safer_instruct/evaluate/data/benign.jsonl": {"prompt": str, "category": str, "reference": str},
     "safer_instruct/evaluate/data/judge_labelled.jsonl": {"prompt": str, "answer": str, "harmful": bool, "note": str},
-    "safer_instruct/refusal/data/refusal_labelled_dev.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_test_v2.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_test_v3.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_test_v4.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_test_v5.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_dev_v6.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_test_v6.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_dev_v7.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_test_v7.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_real_dev.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
-    "safer_instruct/refusal/data/refusal_labelled_real_test.jsonl": {
-        "prompt": str,
-        "completion": str,
-        "label": str,
-        "style": str,
-        "voice": str,
-    },
+    **{f"safer_instruct/refusal/data/refusal_labelled_{part}.jsonl": REFUSAL_FIELDS for part in REFUSAL_PARTS},
 }
 # a refusal set of v6 on -> the sets it shares no 6-word sequence and no near-reworded prompt with
 REFUSAL_APART = {
@@ -329,11 +257,7 @@ def test_eval_sets_are_not_near_duplicates_of_each_other() -> None:
 @pytest.mark.slow  # compares every prompt with every builder and eval prompt
 def test_refusal_labelled_set_is_decontaminated() -> None:
     """The refusal classifier's set: no repeats, nothing shared with the builder data, no eval-set prompt reworded."""
-    labelled = [
-        r
-        for part in ("dev", "test_v2", "test_v3", "test_v4", "test_v5", "dev_v6", "test_v6", "dev_v7", "test_v7")
-        for r in refusal_rows(part)
-    ]
+    labelled = [r for part in WRITTEN_REFUSAL_PARTS for r in refusal_rows(part)]
     for field in ("prompt", "completion"):
         repeated = [key for key, count in Counter(normalised(r[field]) for r in labelled).items() if count > 1]
         assert not repeated, f"refusal_labelled: repeated {field}: {repeated}"
@@ -349,7 +273,7 @@ def test_refusal_labelled_set_is_decontaminated() -> None:
 
 
 @pytest.mark.slow  # compares every prompt of the default model's answers with every eval prompt
-@pytest.mark.parametrize("part", ["real_dev", "real_test"])
+@pytest.mark.parametrize("part", REAL_REFUSAL_PARTS)
 def test_the_default_models_labelled_answers_stay_apart_from_the_eval_sets(part: str) -> None:
     """Its requests are builder and validation requests, none an eval prompt reworded (the answers are the model's
     own, formulaic declines included, so they are not checked for shared wording)."""
