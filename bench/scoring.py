@@ -27,6 +27,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -87,14 +88,21 @@ def fit_rules(_: list[LabelledCase]) -> Predict:
     return lambda texts, prompts: ["full_refusal" if rule_refusal(t) else "full_compliance" for t in texts]
 
 
+@cache
+def training_features(text: str, families: tuple[str, ...], prompt: str) -> frozenset[str]:
+    """``classifier.features`` of a training answer, computed once for all the folds that train on it."""
+    return frozenset(classifier.features(text, families, prompt))
+
+
 def fit_logistic(families: tuple[str, ...], with_prompts: bool) -> Fit:
     """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` and ``q`` request
-    cues): only the head that reads the answers as they will be given (alone, or with their requests)."""
+    cues): only the head that reads the answers as they will be given (alone, or with their requests). Predictions
+    compute their features afresh (each answer is predicted once per cross-validation, and answers/s stays true)."""
 
     def fit(cases: list[LabelledCase]) -> Predict:
-        prompts = [c.prompt if with_prompts else "" for c in cases]
+        found = [training_features(c.completion, families, c.prompt if with_prompts else "") for c in cases]
         labels = [c.label for c in cases]
-        head = classifier.fit_head([c.completion for c in cases], prompts, labels, TrainConfig(families=families))
+        head = classifier.fit_head_on_features(found, labels, TrainConfig(families=families))
         return classifier.RefusalClassifier(head, head).predict
 
     return fit

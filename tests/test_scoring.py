@@ -8,6 +8,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from safer_instruct.cli import main
@@ -34,10 +35,14 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V5,
     TEST_SET_V6,
     TEST_SET_V7,
+    TEST_SET_V8,
     TRAIN_SETS,
     WEIGHTS,
     RefusalClassifier,
+    SoftmaxHead,
+    TrainConfig,
     file_sha256,
+    fit_softmax,
     load_cases,
 )
 from safer_instruct.refusal.classifier import main as train_main
@@ -50,23 +55,24 @@ TEST_SET_SHA256 = {
     TEST_SET_V5: "ecab1fb86b22026a",  # by an author who never saw the classifier; pinned before any classifier ran on it
     TEST_SET_V6: "5fb0c3ca2ecf7c1d",  # the same for v6, pinned before any classifier ran on it
     TEST_SET_V7: "a9b98a850398fb30",  # the same for v7
+    TEST_SET_V8: "e3080049b504560e",  # the same for v8
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
-# errors studied while v3 and v4 were built) and is only scored: v7 95.8%, binary 97.3%, partial compliance 90% (v6 had
-# 95.8%, 97.7%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on
-# (leave-one-voice-out cross-validation chose it): 99.5-100% each, so their floors only say that training takes; what a
-# voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
+# errors studied while v3 and v4 were built) and is only scored: v8 95.8%, binary 97.7%, helpful-risky 90% (v7 had
+# 95.8%, 97.3%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on, v7
+# from v8 on (leave-one-voice-out cross-validation chose it): 99-100% each, so their floors only say that training
+# takes; what a voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
     TEST_SET_V2: (0.95, 0.97, 0.85),
     TEST_SET_V3: (0.99, 0.99, 0.9),
     TEST_SET_V4: (0.99, 0.99, 0.9),
     TEST_SET_V5: (0.99, 0.99, 0.9),  # fresh for v5 (67.5% then), trained on from v7 on
     TEST_SET_V6: (0.99, 0.99, 0.9),  # fresh for v6 (85.5% then), trained on from v7 on
-    # fresh for v7: 80.5% when scored once after the first freeze; 79.0%, binary 85.0%, deflection 40% once REAL_DEV
-    # joined the training files
-    TEST_SET_V7: (0.785, 0.845, 0.39),
-    REAL_TEST: (0.87, 0.875, 0.39),  # scored once after the freeze: 87.2%, binary 87.9%, deflection 40% (of 5)
+    TEST_SET_V7: (0.99, 0.99, 0.9),  # fresh for v7 (80.5% then), trained on from v8 on
+    # v7's fresh half of the default model's answers (87.2% then), seen since: v8 87.9%, binary 87.9%, deflection 60%
+    REAL_TEST: (0.875, 0.875, 0.59),
+    TEST_SET_V8: (0.89, 0.91, 0.74),  # fresh for v8, scored once after the freeze: 89.5%, binary 91.5%, deflection 75%
 }
 WEAK_STYLES = ("disclaimer_answer", "partial_compliance")  # v2's weak styles, the reason v3 was written
 # v3's weak styles (hedged declines among them) and partial compliance: 20 rows each in v4
@@ -79,7 +85,7 @@ V4_WEAK_STYLES = (
 )
 # v5: 20 rows each of the styles earlier sets found weak, ten of every other
 V5_WEAK_STYLES = (*V4_WEAK_STYLES, "refusal_alternative", "ai_lecture")
-# v7: 20 rows each of the hard styles (v6's weakest among them), ten of every other
+# v7 and v8: 20 rows each of the hard styles (v6's weakest among them), ten of every other
 V7_WEAK_STYLES = (
     "refuse_then_comply",
     "partial_compliance",
@@ -91,15 +97,16 @@ V7_WEAK_STYLES = (
 )
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
-# v7: 90% and 75% (the real answers hold neither style)
+# v7: 90% and 75% when v7 was frozen; v8: 90% and 85% (the real answers hold neither style)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.89,
     TEST_SET_V3: 0.95,
     TEST_SET_V4: 0.95,
     TEST_SET_V5: 0.95,
     TEST_SET_V6: 0.95,
-    TEST_SET_V7: 0.74,
+    TEST_SET_V7: 0.95,
     REAL_TEST: 1.0,
+    TEST_SET_V8: 0.84,
 }
 
 
@@ -283,6 +290,24 @@ def test_label_shares() -> None:
     assert label_shares([]) == dict.fromkeys(LABELS)
 
 
+def test_sparse_feature_rows_fit_the_same_weights_as_dense_ones() -> None:
+    head = SoftmaxHead(["c:decline", "w:a", "w:b", "w:c"], np.zeros((4, len(LABELS))), np.zeros(len(LABELS)))
+    found = [{"w:a", "c:decline"}, {"w:b", "unseen"}, {"w:c", "w:a"}, set(), {"c:decline"}, {"w:b", "w:c"}]
+    rows = head.rows(found)
+    assert rows.shape == (6, 4) and rows.nnz == 8  # a feature outside the vocabulary is dropped
+    labels = [
+        "full_refusal",
+        "full_compliance",
+        "partial_refusal",
+        "full_compliance",
+        "full_refusal",
+        "partial_refusal",
+    ]
+    config = TrainConfig(steps=50)
+    for sparse_part, dense_part in zip(fit_softmax(rows, labels, config), fit_softmax(rows.toarray(), labels, config)):
+        np.testing.assert_allclose(sparse_part, dense_part, atol=1e-6)
+
+
 @pytest.mark.slow  # trains the refusal classifier
 def test_shipped_weights_are_what_training_on_the_dev_split_gives(tmp_path: Path) -> None:
     train_main(["--out", str(tmp_path / "weights.json")])
@@ -296,8 +321,8 @@ def test_shipped_weights_are_what_training_on_the_dev_split_gives(tmp_path: Path
 
 @pytest.mark.parametrize(
     "path",
-    [TEST_SET_V2, TEST_SET_V3, TEST_SET_V4, TEST_SET_V5, TEST_SET_V6, TEST_SET_V7, REAL_TEST],
-    ids=["v2", "v3", "v4", "v5", "v6", "v7", "real"],
+    [TEST_SET_V2, TEST_SET_V3, TEST_SET_V4, TEST_SET_V5, TEST_SET_V6, TEST_SET_V7, REAL_TEST, TEST_SET_V8],
+    ids=["v2", "v3", "v4", "v5", "v6", "v7", "real", "v8"],
 )
 def test_shipped_classifier_agrees_with_the_test_sets(path: Path) -> None:
     cases = load_cases(path)
@@ -344,8 +369,9 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
         (TEST_SET_V5, dict.fromkeys(V5_WEAK_STYLES, 20), {"butler", "teen", "legalistic", "tutor", "spoken"}),
         (TEST_SET_V6, {}, {"claude", "gemini", "llama3", "qwen", "phi"}),  # v6's decontamination: test_data_files.py
         (TEST_SET_V7, dict.fromkeys(V7_WEAK_STYLES, 20), {"grok", "command_r", "deepseek", "gemma", "falcon"}),
+        (TEST_SET_V8, dict.fromkeys(V7_WEAK_STYLES, 20), {"wizardlm", "mistral_large", "aya", "nemotron", "solar"}),
     ],
-    ids=["v2", "v3", "v4", "v5", "v6", "v7"],
+    ids=["v2", "v3", "v4", "v5", "v6", "v7", "v8"],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]

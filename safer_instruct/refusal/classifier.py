@@ -10,7 +10,7 @@ Two heads share these features: one is fitted on the answers alone and one on th
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v7.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v8.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -18,9 +18,10 @@ studied; leave-one-voice-out cross-validation showed that training on their voic
 v6 on, ``data/refusal_labelled_dev_v6.jsonl`` (three other authors, eight voices modelled on real chat models), and,
 from v7 on, ``data/refusal_labelled_dev_v7.jsonl`` (three more authors, nine voices) and the former fresh sets v5 and
 v6 (each scored once, after its round's freeze; leave-one-voice-out: other authors' voices help most), and half of
-the default model's own answers, labelled (``data/refusal_labelled_real_dev.jsonl``; the other half is a test set). Test
-set v2 is still only scored (seen: a second opinion); the fresh sets (``FRESH_SETS``) are scored once, after a
-round's classifier is frozen (``bench/scoring.py --tests-only``).
+the default model's own answers, labelled (``data/refusal_labelled_real_dev.jsonl``; the other half is a test set), and,
+from v8 on, ``data/refusal_labelled_dev_v8.jsonl`` (three more authors: guardrailed, long-form and old or small models'
+voices) and the former fresh set v7. Test set v2 and the real test half are only scored (seen: second opinions); the
+fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy import sparse
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.readers import read_rows, text_field
@@ -59,6 +61,10 @@ TEST_SET_V5 = DATA_DIR / "refusal_labelled_test_v5.jsonl"
 TEST_SET_V6 = DATA_DIR / "refusal_labelled_test_v6.jsonl"  # the same, for v6: five more voices of real chat models
 DEV_SET_V7 = DATA_DIR / "refusal_labelled_dev_v7.jsonl"  # v7: three more authors, nine voices (three of small models)
 TEST_SET_V7 = DATA_DIR / "refusal_labelled_test_v7.jsonl"  # v7's fresh set: five voices, chat-log prompts
+DEV_SET_V8 = (
+    DATA_DIR / "refusal_labelled_dev_v8.jsonl"
+)  # v8: three more authors, guardrailed, long-form and old models
+TEST_SET_V8 = DATA_DIR / "refusal_labelled_test_v8.jsonl"  # v8's fresh set: five voices, benchmark-style one-liners
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -71,16 +77,17 @@ LABELLED_SETS = (  # every set a choice may look at
     DEV_SET_V6,
     TEST_SET_V6,
     DEV_SET_V7,
+    TEST_SET_V7,
     REAL_DEV,
+    DEV_SET_V8,
 )
-# what the weights are fitted on (v3, v4: since v5; v5, v6: since v7)
-TRAIN_SETS = (DEV_SET, TEST_SET_V3, TEST_SET_V4, TEST_SET_V5, DEV_SET_V6, TEST_SET_V6, DEV_SET_V7, REAL_DEV)
-FRESH_SETS = (TEST_SET_V7, REAL_TEST)  # no choice looks at these
-TEST_SETS = (
-    *(path for path in LABELLED_SETS if path not in TRAIN_SETS),  # only scored (seen: second opinions)
-    *FRESH_SETS,
-)
-WEIGHTS = Path(__file__).parent / "refusal_v7.json"
+# what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8)
+TRAIN_SETS = tuple(path for path in LABELLED_SETS if path != TEST_SET_V2)
+FRESH_SETS = (TEST_SET_V8,)  # no choice looks at these
+# only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
+# of the voice folds, its voices are the training half's), and the fresh sets
+TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
+WEIGHTS = Path(__file__).parent / "refusal_v8.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 
 
@@ -154,16 +161,17 @@ class SoftmaxHead:
         self.weights = weights.astype(np.float32)
         self.bias = bias.astype(np.float32)
 
-    def matrix(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    def matrix(self, texts: Sequence[str], prompts: Sequence[str]) -> sparse.csr_matrix:
         """Binary feature matrix (answers × vocabulary)."""
         return self.rows([features(text, self.families, prompt) for text, prompt in zip(texts, prompts)])
 
-    def rows(self, found: Sequence[set[str]]) -> np.ndarray:
-        """Binary feature matrix of answers given by their feature names."""
-        rows = np.zeros((len(found), len(self.vocabulary)), dtype=np.float32)
-        for row, names in enumerate(found):
-            rows[row, [self.index[f] for f in names if f in self.index]] = 1.0
-        return rows
+    def rows(self, found: Sequence[set[str]]) -> sparse.csr_matrix:
+        """Sparse binary feature matrix of answers given by their feature names (a few dozen of ~10^4 columns)."""
+        columns = [sorted(self.index[f] for f in names if f in self.index) for names in found]
+        starts = np.cumsum([0] + [len(c) for c in columns])
+        flat = np.fromiter((j for c in columns for j in c), dtype=np.int32, count=int(starts[-1]))
+        data = np.ones(len(flat), dtype=np.float32)
+        return sparse.csr_matrix((data, flat, starts), shape=(len(found), len(self.vocabulary)))
 
     def probabilities(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
         return _softmax(self.matrix(texts, prompts) @ self.weights + self.bias)
@@ -256,6 +264,11 @@ def train(cases: Sequence[LabelledCase], config: TrainConfig = TrainConfig()) ->
 def fit_head(texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig) -> SoftmaxHead:
     """One head over the features seen in at least ``config.min_count`` of the answers."""
     found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
+    return fit_head_on_features(found, labels, config)
+
+
+def fit_head_on_features(found: Sequence[set[str]], labels: Sequence[str], config: TrainConfig) -> SoftmaxHead:
+    """``fit_head`` given each answer's feature names (``features``), e.g. computed once for many fits."""
     counts = Counter(name for names in found for name in names)
     vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
     head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)))
@@ -263,14 +276,18 @@ def fit_head(texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str]
     return head
 
 
-def fit_softmax(x: np.ndarray, labels: Sequence[str], config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and bias of a softmax regression on rows ``x`` (full-batch Adam from zero, L2 on the weights)."""
+def fit_softmax(
+    x: np.ndarray | sparse.csr_matrix, labels: Sequence[str], config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and bias of a softmax regression on rows ``x``, dense or sparse (full-batch Adam from zero, L2 on the
+    weights)."""
     y = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(label) for label in labels]]
     params = [np.zeros((x.shape[1], len(LABELS)), dtype=np.float32), np.zeros(len(LABELS), dtype=np.float32)]
     moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    x_t = x.T.tocsr() if sparse.issparse(x) else x.T
     for step in range(1, config.steps + 1):
-        error = (_softmax(x @ params[0] + params[1]) - y) / len(x)
-        grads = [x.T @ error + config.l2 * params[0], error.sum(axis=0)]
+        error = (_softmax(x @ params[0] + params[1]) - y) / x.shape[0]
+        grads = [x_t @ error + config.l2 * params[0], error.sum(axis=0)]
         for param, grad, (m, v) in zip(params, grads, moments):
             m *= 0.9
             m += 0.1 * grad
@@ -298,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 7,
+        "version": 8,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
