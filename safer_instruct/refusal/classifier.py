@@ -61,9 +61,7 @@ TEST_SET_V5 = DATA_DIR / "refusal_labelled_test_v5.jsonl"
 TEST_SET_V6 = DATA_DIR / "refusal_labelled_test_v6.jsonl"  # the same, for v6: five more voices of real chat models
 DEV_SET_V7 = DATA_DIR / "refusal_labelled_dev_v7.jsonl"  # v7: three more authors, nine voices (three of small models)
 TEST_SET_V7 = DATA_DIR / "refusal_labelled_test_v7.jsonl"  # v7's fresh set: five voices, chat-log prompts
-DEV_SET_V8 = (
-    DATA_DIR / "refusal_labelled_dev_v8.jsonl"
-)  # v8: three more authors, guardrailed, long-form and old models
+DEV_SET_V8 = DATA_DIR / "refusal_labelled_dev_v8.jsonl"  # v8: three more authors, nine voices (guardrailed bots too)
 TEST_SET_V8 = DATA_DIR / "refusal_labelled_test_v8.jsonl"  # v8's fresh set: five voices, benchmark-style one-liners
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
