@@ -3,14 +3,16 @@
 Features of an answer: its word 1-2-grams (``w``), the phrase-rule cues of ``refusal.cues`` (``c``: a
 decline and where it sits, a turn to compliance, a safe alternative, what is delivered beside a
 decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the phrase rules' own
-three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection). A fourth family,
+three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection) and, since v9, the words
+and word pairs of the answer's first tokens again, on their own (``h``: where a decline or a turn to compliance sits;
+only when more of the answer follows, so a short decline is read by its words alone). A fifth family,
 the request's own words when the answer does not engage with it (``q``: which requests such answers dodge), was
 shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v8.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v9.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -20,7 +22,9 @@ from v7 on, ``data/refusal_labelled_dev_v7.jsonl`` (three more authors, nine voi
 v6 (each scored once, after its round's freeze; leave-one-voice-out: other authors' voices help most), and half of
 the default model's own answers, labelled (``data/refusal_labelled_real_dev.jsonl``; the other half is a test set), and,
 from v8 on, ``data/refusal_labelled_dev_v8.jsonl`` (three more authors: guardrailed, long-form and old or small models'
-voices) and the former fresh set v7. Test set v2 and the real test half are only scored (seen: second opinions); the
+voices) and the former fresh set v7, and, from v9 on, ``data/refusal_labelled_dev_v9.jsonl`` (three more authors:
+consumer assistants, open fine-tunes and specialised deployments of 2023) and the former fresh set v8. Test set v2 and
+the real test half are only scored (seen: second opinions); the
 fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
@@ -63,6 +67,8 @@ DEV_SET_V7 = DATA_DIR / "refusal_labelled_dev_v7.jsonl"  # v7: three more author
 TEST_SET_V7 = DATA_DIR / "refusal_labelled_test_v7.jsonl"  # v7's fresh set: five voices, chat-log prompts
 DEV_SET_V8 = DATA_DIR / "refusal_labelled_dev_v8.jsonl"  # v8: three more authors, nine voices (guardrailed bots too)
 TEST_SET_V8 = DATA_DIR / "refusal_labelled_test_v8.jsonl"  # v8's fresh set: five voices, benchmark-style one-liners
+DEV_SET_V9 = DATA_DIR / "refusal_labelled_dev_v9.jsonl"  # v9: three more authors, nine voices (deployed bots too)
+TEST_SET_V9 = DATA_DIR / "refusal_labelled_test_v9.jsonl"  # v9's fresh set: five voices, task-shaped requests
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -78,22 +84,27 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V7,
     REAL_DEV,
     DEV_SET_V8,
+    TEST_SET_V8,
+    DEV_SET_V9,
 )
-# what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8)
+# what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
+# v8: since v9)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path != TEST_SET_V2)
-FRESH_SETS = (TEST_SET_V8,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V9,)  # no choice looks at these
 # only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
 # of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
-WEIGHTS = Path(__file__).parent / "refusal_v8.json"
+WEIGHTS = Path(__file__).parent / "refusal_v9.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
+OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How the weights are fitted; the defaults are the shipped ones (chosen by leave-one-voice-out cross-validation)."""
 
-    families: tuple[str, ...] = ("w", "c", "p")  # word n-grams, phrase cues, request cues (v6: without ``q``)
+    # word n-grams, phrase cues, request cues (v6: without ``q``), the opening words again (v9)
+    families: tuple[str, ...] = ("w", "c", "p", "h")
     min_count: int = 3  # a feature must occur in this many training answers
     l2: float = 3e-4
     steps: int = 400
@@ -137,6 +148,9 @@ def features(text: str, families: Sequence[str] = TrainConfig.families, prompt: 
     found: set[str] = set()
     if "w" in families:
         found |= {f"w:{t}" for t in tokens} | {f"w:{a} {b}" for a, b in zip(tokens, tokens[1:])}
+    if "h" in families and len(tokens) > OPENING_TOKENS:  # the opening words again, where more follows them
+        head = tokens[:OPENING_TOKENS]
+        found |= {f"h:{t}" for t in head} | {f"h:{a} {b}" for a, b in zip(head, head[1:])}
     if "c" in families:
         found |= {f"c:{cue}" for cue in cues(text)}
     if prompt.strip() and ("p" in families or "q" in families):
@@ -313,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 8,
+        "version": 9,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
