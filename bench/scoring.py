@@ -12,8 +12,8 @@
 
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
 logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
-(n-grams + cues; with the requests also request cues and, where the answer does not engage with it, the
-request's words) without and with the requests, and with ``--hidden-head`` a logistic head on
+(``TrainConfig.families``: n-grams, the answer's opening words and cues; with the requests also request cues) without
+and with the requests, and with ``--hidden-head`` a logistic head on
 the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
 
     python bench/scoring.py [--hidden-head] [--cv-only | --tests-only] [--test-set PATH ...] [--json PATH]
@@ -241,8 +241,8 @@ def main() -> None:
         "phrase rules (earlier detector)": (fit_rules, False),
         "logistic: word n-grams": (fit_logistic(("w",), False), False),
         "logistic: phrase cues": (fit_logistic(("c",), False), False),
-        "logistic: n-grams + cues, answer only (shipped, no prompt column)": (fit_logistic(full, False), False),
-        "logistic: n-grams + cues + request cues (shipped, with prompts)": (fit_logistic(full, True), True),
+        "logistic: shipped, answer only (n-grams, opening words, cues)": (fit_logistic(full, False), False),
+        "logistic: shipped, with prompts (and request cues)": (fit_logistic(full, True), True),
     }
     if args.hidden_head:
         candidates["logistic head on default-model hidden states"] = (HiddenHead(HiddenStates()), False)
