@@ -147,10 +147,9 @@ def features(text: str, families: Sequence[str] = TrainConfig.families, prompt: 
     tokens = _TOKEN.findall(norm)
     found: set[str] = set()
     if "w" in families:
-        found |= {f"w:{t}" for t in tokens} | {f"w:{a} {b}" for a, b in zip(tokens, tokens[1:])}
+        found |= _words_and_pairs("w", tokens)
     if "h" in families and len(tokens) > OPENING_TOKENS:  # the opening words again, where more follows them
-        head = tokens[:OPENING_TOKENS]
-        found |= {f"h:{t}" for t in head} | {f"h:{a} {b}" for a, b in zip(head, head[1:])}
+        found |= _words_and_pairs("h", tokens[:OPENING_TOKENS])
     if "c" in families:
         found |= {f"c:{cue}" for cue in cues(text)}
     if prompt.strip() and ("p" in families or "q" in families):
@@ -161,6 +160,11 @@ def features(text: str, families: Sequence[str] = TrainConfig.families, prompt: 
             # the request's own words, when the answer does not engage with it: which requests such answers dodge
             found |= {f"q:{word}" for word in request_words(prompt)}
     return found
+
+
+def _words_and_pairs(family: str, tokens: Sequence[str]) -> set[str]:
+    """The feature names of ``tokens``' words and adjacent word pairs, in one family."""
+    return {f"{family}:{t}" for t in tokens} | {f"{family}:{a} {b}" for a, b in zip(tokens, tokens[1:])}
 
 
 class SoftmaxHead:
