@@ -8,7 +8,9 @@ does not depend on load: ``row_steps``, the rows fed through one-token forwards,
 the model calls. Every side's answers are compared
 with the ``model.generate`` side at the first batch size: ``mismatches`` counts answers that differ.
 Use ``--adapter`` with an aligned model's folder to get its mix of short declines and full answers.
-``--sides continuous --batch-sizes 32,64,128`` times the rows decoding together alone (``decode_batch_size``).
+``--sides continuous --batch-sizes 32,64,128`` times the rows decoding together alone (``decode_batch_size``);
+``--sides concatenating,continuous --batch-sizes 128`` times the continuous batch on transformers' own KV cache,
+which concatenates at every step, against the kit's, which grows in place (``llm/growing_cache.py``).
 ``--json PATH`` writes the figures.
 """
 
@@ -24,7 +26,9 @@ from pathlib import Path
 
 import torch
 from common import write_report
+from transformers import DynamicCache
 
+import safer_instruct.llm.growing_cache as growing_cache
 from safer_instruct.config import LLMConfig
 from safer_instruct.llm import SamplingParams, make_llm
 from safer_instruct.llm.base import Generation
@@ -32,6 +36,7 @@ from safer_instruct.llm.local import LocalLLM
 
 DATA = Path(__file__).resolve().parents[1] / "safer_instruct" / "evaluate" / "data"
 SETS = ("unsafe", "benign_risky", "benign")
+GROWING_CACHE = growing_cache.growing_cache  # the kit's; the concatenating side puts transformers' own in its place
 
 
 def eval_prompts(count: int) -> list[list[dict[str, str]]]:
@@ -45,8 +50,8 @@ def eval_prompts(count: int) -> list[list[dict[str, str]]]:
 
 
 def run_side(llm: LocalLLM, encoded: list[list[int]], params: SamplingParams, side: str, batch_size: int):
-    """One side's answers, seconds and work (``row_steps``, ``forwards``): ``generate`` (HF, batch by batch)
-    or ``continuous``."""
+    """One side's answers, seconds and work (``row_steps``, ``forwards``): ``generate`` (HF, batch by batch),
+    ``continuous`` or ``concatenating`` (continuous on transformers' ``DynamicCache``)."""
     llm.config = llm.config.model_copy(update={"batch_size": batch_size})
     work = {"row_steps": 0, "forwards": 0}
 
@@ -62,9 +67,12 @@ def run_side(llm: LocalLLM, encoded: list[list[int]], params: SamplingParams, si
             if side == "generate":
                 answers = llm._generate_batched(encoded, params)
             else:
+                if side == "concatenating":
+                    growing_cache.growing_cache = lambda config: DynamicCache(config=config)
                 answers = llm._generate_continuous(encoded, params)
     finally:
         handle.remove()
+        growing_cache.growing_cache = GROWING_CACHE
     return answers, time.perf_counter() - start, work
 
 
@@ -150,6 +158,10 @@ def main() -> None:
         if f"generate {b}" in seconds and f"continuous {b}" in seconds and b != sizes[0]:
             report["paired_ratios"][f"continuous {b}_vs_generate {b}"] = paired(
                 seconds[f"generate {b}"], seconds[f"continuous {b}"]
+            )
+        if f"concatenating {b}" in seconds and f"continuous {b}" in seconds and b != sizes[0]:
+            report["paired_ratios"][f"continuous {b}_vs_concatenating {b}"] = paired(
+                seconds[f"concatenating {b}"], seconds[f"continuous {b}"]
             )
     write_report(report, args.json)
 

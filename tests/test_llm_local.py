@@ -94,6 +94,54 @@ def test_continuous_batch_drops_finished_rows(local_llm: LocalLLM, monkeypatch: 
     assert continuous_rows <= sum(lengths) * 5 // 4  # few idle row-steps
 
 
+def test_decoding_steps_write_the_cache_in_place(local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoding step writes its keys and values into room behind the cache: no new storage per step."""
+    from safer_instruct.llm import local
+
+    monkeypatch.setattr(local_llm, "config", local_llm.config.model_copy(update={"batch_size": 7}))
+    storages: list[int] = []
+    step = local._Rows.step
+
+    def recording_step(rows) -> None:
+        step(rows)
+        storages.append(rows.cache.layers[0].keys.untyped_storage().data_ptr())
+
+    monkeypatch.setattr(local._Rows, "step", recording_step)
+    local_llm.generate(MIXED, SamplingParams(max_new_tokens=40))
+    assert len(storages) >= 39  # the first token comes from the prefill
+    assert len(set(storages)) <= len(storages) // 8  # a new room only every ROOM steps and after a compaction
+
+
+def test_growing_layer_holds_what_a_dynamic_layer_holds() -> None:
+    """Updates, crops, row selections and replaced tensors leave a ``GrowingLayer`` as they leave a ``DynamicLayer``."""
+    from transformers.cache_utils import DynamicLayer
+
+    from safer_instruct.llm.growing_cache import GrowingLayer
+
+    torch.manual_seed(0)
+    grown, plain = GrowingLayer(), DynamicLayer()
+
+    def update(positions: int) -> None:
+        keys, values = torch.randn(3, 2, positions, 4), torch.randn(3, 2, positions, 4)
+        for layer in (grown, plain):
+            out = layer.update(keys, values)
+        assert torch.equal(out[0], grown.keys) and torch.equal(grown.keys, plain.keys)
+        assert torch.equal(grown.values, plain.values)
+
+    update(5)
+    for _ in range(GrowingLayer.ROOM + 3):  # past the first room
+        update(1)
+    for layer in (grown, plain):
+        layer.crop(-4)
+    update(2)  # over the cropped positions
+    for layer in (grown, plain):  # what a compaction does: other tensors in place of the keys and values
+        layer.keys, layer.values = layer.keys[[0, 2], :, 3:], layer.values[[0, 2], :, 3:]
+    keys, values = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    for layer in (grown, plain):
+        layer.update(keys, values)
+    assert torch.equal(grown.keys, plain.keys) and torch.equal(grown.values, plain.values)
+
+
 def test_decoding_rows_apart_from_scoring_rows(local_llm: LocalLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     """``decode_batch_size`` rows decode together; scoring passes keep to ``batch_size`` rows."""
     config = local_llm.config.model_copy(update={"batch_size": 2, "decode_batch_size": 5})

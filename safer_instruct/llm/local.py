@@ -529,12 +529,12 @@ def _after_shared_start(
     prompt) runs for one row, and its keys and values are copied to every row; the returned inputs hold the rest,
     left-padded, at positions counted from the attention mask, so each row sees what it would alone.
     """
-    from transformers import DynamicCache
+    from safer_instruct.llm.growing_cache import growing_cache
 
     shared = _shared_prefix(prompts)
     if len(shared) < MIN_SHARED_PREFIX or len(prompts) == 1:
         shared = []
-    cache = DynamicCache(config=model_config)
+    cache = growing_cache(model_config)
     if shared:
         run({"input_ids": torch.tensor([shared], device=device), "cache": cache, "use_cache": True})
         for layer in cache.layers:
