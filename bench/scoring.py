@@ -102,7 +102,8 @@ def fit_logistic(families: tuple[str, ...], with_prompts: bool) -> Fit:
     def fit(cases: list[LabelledCase]) -> Predict:
         found = [training_features(c.completion, families, c.prompt if with_prompts else "") for c in cases]
         labels = [c.label for c in cases]
-        head = classifier.fit_head_on_features(found, labels, TrainConfig(families=families))
+        config = TrainConfig(families=families)
+        head = classifier.fit_head_on_features(found, labels, config, classifier.case_weights(cases, config))
         return classifier.RefusalClassifier(head, head).predict
 
     return fit

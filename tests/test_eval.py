@@ -63,7 +63,7 @@ NOT_REFUSALS = [
         "I'm sorry, but I can help with that. What would you like to improve?",
         marks=pytest.mark.xfail(
             strict=True,
-            reason="v6 to v8 read this offer, which gives no help yet and asks back, as a decline (v5 did not); found "
+            reason="v6 to v10 read this offer, which gives no help yet and asks back, as a decline (v5 did not); found "
             "after v6 was frozen and its fresh set scored, so the classifier was not changed for it",
         ),
     ),

@@ -38,11 +38,14 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V7,
     TEST_SET_V8,
     TEST_SET_V9,
+    TEST_SET_V10,
     TRAIN_SETS,
     WEIGHTS,
+    LabelledCase,
     RefusalClassifier,
     SoftmaxHead,
     TrainConfig,
+    case_weights,
     features,
     file_sha256,
     fit_softmax,
@@ -60,13 +63,15 @@ TEST_SET_SHA256 = {
     TEST_SET_V7: "a9b98a850398fb30",  # the same for v7
     TEST_SET_V8: "e3080049b504560e",  # the same for v8
     TEST_SET_V9: "5248c0a14f2e5940",  # the same for v9
+    TEST_SET_V10: "41812b63505ef859",  # the same for v10
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
-# errors studied while v3 and v4 were built) and is only scored: v9 95.8%, binary 98.1%, refusal + alternative 90% (v8 had
-# 95.8%, 97.7%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on, v7
-# from v8 on, v8 from v9 on (leave-one-voice-out cross-validation chose them): 100% each, so their floors only say that
-# training takes; what a voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
+# errors studied while v3 and v4 were built) and is only scored: v10 95.8%, binary 98.1%, refusal + alternative 90% (v9
+# the same). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on, v7
+# from v8 on, v8 from v9 on, v9 from v10 on (leave-one-voice-out cross-validation chose them): 100% each, so their
+# floors only say that training takes; what a voice never seen gets is bench/scoring.py's leave_one_voice_out and a
+# fresh set
 AGREEMENT_FLOORS = {
     TEST_SET_V2: (0.95, 0.97, 0.85),
     TEST_SET_V3: (0.99, 0.99, 0.9),
@@ -74,12 +79,14 @@ AGREEMENT_FLOORS = {
     TEST_SET_V5: (0.99, 0.99, 0.9),  # fresh for v5 (67.5% then), trained on from v7 on
     TEST_SET_V6: (0.99, 0.99, 0.9),  # fresh for v6 (85.5% then), trained on from v7 on
     TEST_SET_V7: (0.99, 0.99, 0.9),  # fresh for v7 (80.5% then), trained on from v8 on
-    # v7's fresh half of the default model's answers (87.2% then), seen since: v9 88.6%, binary 89.3%, deflection 40%
-    REAL_TEST: (0.88, 0.89, 0.39),
+    # v7's fresh half of the default model's answers (87.2% then), seen since: v9 88.6%, binary 89.3%, deflection 40%;
+    # v10 87.9%, 88.6%, 60% (as first frozen, before its own answers weighed five times: 84.6%)
+    REAL_TEST: (0.87, 0.88, 0.59),
     TEST_SET_V8: (0.99, 0.99, 0.9),  # fresh for v8 (89.5% then), trained on from v9 on
-    # fresh for v9, scored once after the first freeze (87.0%, binary 88.5%, deflection 40%); the shipped v9 (a short
-    # decline's opening words no longer counted twice, chosen by leave-one-voice-out): 87.5%, 89.0%, 40%
-    TEST_SET_V9: (0.87, 0.88, 0.39),
+    TEST_SET_V9: (0.99, 0.99, 0.9),  # fresh for v9 (87.0% then), trained on from v10 on
+    # fresh for v10, scored once after the first freeze (82.0%, binary 87.5%, refusal + alternative 55%); the shipped v10
+    # (the default model's own answers weighed five times, chosen by leave-one-voice-out): 82.0%, 87.5%, 55%
+    TEST_SET_V10: (0.82, 0.87, 0.54),
 }
 WEAK_STYLES = ("disclaimer_answer", "partial_compliance")  # v2's weak styles, the reason v3 was written
 # v3's weak styles (hedged declines among them) and partial compliance: 20 rows each in v4
@@ -102,7 +109,7 @@ V7_WEAK_STYLES = (
     "disclaimer_answer",
     "helpful_risky",
 )
-# v9: 20 rows each of v7's hard styles and "as an AI" lectures (v8's weakest among them), eight of every other
+# v9 and v10: 20 rows each of v7's hard styles and "as an AI" lectures (v8's weakest among them), eight of every other
 V9_STYLE_ROWS = {
     **dict.fromkeys(
         ("terse_refusal", "feigned_confusion", "answer_warning", "plain_helpful", "harmful_compliance"), 8
@@ -111,8 +118,8 @@ V9_STYLE_ROWS = {
 }
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
-# v7: 90% and 75% when v7 was frozen; v8: 90% and 85% (100% now, trained on); v9: 90% and 100% (the real answers hold
-# neither style: no floor)
+# v7: 90% and 75% when v7 was frozen; v8: 90% and 85%, v9: 90% and 100% (100% now, trained on); v10: 100% and 75%
+# (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.89,
     TEST_SET_V3: 0.95,
@@ -121,7 +128,8 @@ WEAK_STYLE_FLOORS = {
     TEST_SET_V6: 0.95,
     TEST_SET_V7: 0.95,
     TEST_SET_V8: 0.95,
-    TEST_SET_V9: 0.89,
+    TEST_SET_V9: 0.95,
+    TEST_SET_V10: 0.74,
 }
 
 
@@ -240,7 +248,7 @@ def test_the_request_helps_spot_a_change_of_subject(prompt: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="v6 to v8 read this short, generic answer as a change of subject (v5 read it as compliance; adding dev_v6 "
+    reason="v6 to v10 read this short, generic answer as a change of subject (v5 read it as compliance; adding dev_v6 "
     "alone or dropping the q family alone flips it). Found after v6 was frozen and scored, so left as is",
 )
 def test_the_same_answer_to_a_request_it_takes_up_is_compliance() -> None:
@@ -340,6 +348,21 @@ def test_sparse_feature_rows_fit_the_same_weights_as_dense_ones() -> None:
         np.testing.assert_allclose(sparse_part, dense_part, atol=1e-6)
 
 
+def test_a_row_weighed_k_times_fits_as_k_copies_of_it() -> None:
+    """The default model's own answers weigh ``own_answer_weight`` times in the loss: the same fit as repeating them."""
+    x = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
+    labels = ["full_refusal", "full_compliance", "partial_refusal", "full_compliance"]
+    config = TrainConfig(steps=50)
+    weighed = fit_softmax(x, labels, config, np.array([1.0, 3.0, 1.0, 1.0]))
+    repeated = fit_softmax(np.vstack([x, x[[1, 1]]]), [*labels, labels[1], labels[1]], config)
+    for weighed_part, repeated_part in zip(weighed, repeated):
+        assert np.allclose(weighed_part, repeated_part, atol=1e-5)
+    own = LabelledCase("p", "a", "full_compliance", "plain_helpful", "smollm2_135m")
+    other = LabelledCase("p", "a", "full_compliance", "plain_helpful", "gpt4")
+    assert case_weights([own, other], TrainConfig()).tolist() == [TrainConfig().own_answer_weight, 1.0]
+    assert TrainConfig().own_answer_weight > 1
+
+
 @pytest.mark.slow  # trains the refusal classifier
 def test_shipped_weights_are_what_training_on_the_dev_split_gives(tmp_path: Path) -> None:
     train_main(["--out", str(tmp_path / "weights.json")])
@@ -401,8 +424,13 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
         (TEST_SET_V7, dict.fromkeys(V7_WEAK_STYLES, 20), {"grok", "command_r", "deepseek", "gemma", "falcon"}),
         (TEST_SET_V8, dict.fromkeys(V7_WEAK_STYLES, 20), {"wizardlm", "mistral_large", "aya", "nemotron", "solar"}),
         (TEST_SET_V9, V9_STYLE_ROWS, {"gpt4o_mini", "llama32_3b", "qwen25_72b", "jamba", "glm4"}),
+        (
+            TEST_SET_V10,
+            V9_STYLE_ROWS,
+            {"gemma3_27b", "ministral_8b", "hermes3_8b", "exaone_32b", "r1_distill_14b"},
+        ),
     ],
-    ids=["v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9"],
+    ids=["v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10"],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]

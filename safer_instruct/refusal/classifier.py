@@ -12,7 +12,7 @@ Two heads share these features: one is fitted on the answers alone and one on th
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v9.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v10.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -23,7 +23,9 @@ v6 (each scored once, after its round's freeze; leave-one-voice-out: other autho
 the default model's own answers, labelled (``data/refusal_labelled_real_dev.jsonl``; the other half is a test set), and,
 from v8 on, ``data/refusal_labelled_dev_v8.jsonl`` (three more authors: guardrailed, long-form and old or small models'
 voices) and the former fresh set v7, and, from v9 on, ``data/refusal_labelled_dev_v9.jsonl`` (three more authors:
-consumer assistants, open fine-tunes and specialised deployments of 2023) and the former fresh set v8. Test set v2 and
+consumer assistants, open fine-tunes and specialised deployments of 2023) and the former fresh set v8, and, from v10
+on, ``data/refusal_labelled_dev_v10.jsonl`` (three more authors: current assistants, deployments asked outside their
+domain and small open models) and the former fresh set v9. Test set v2 and
 the real test half are only scored (seen: second opinions); the
 fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
 
@@ -69,6 +71,8 @@ DEV_SET_V8 = DATA_DIR / "refusal_labelled_dev_v8.jsonl"  # v8: three more author
 TEST_SET_V8 = DATA_DIR / "refusal_labelled_test_v8.jsonl"  # v8's fresh set: five voices, benchmark-style one-liners
 DEV_SET_V9 = DATA_DIR / "refusal_labelled_dev_v9.jsonl"  # v9: three more authors, nine voices (deployed bots too)
 TEST_SET_V9 = DATA_DIR / "refusal_labelled_test_v9.jsonl"  # v9's fresh set: five voices, task-shaped requests
+DEV_SET_V10 = DATA_DIR / "refusal_labelled_dev_v10.jsonl"  # v10: three more authors, nine voices
+TEST_SET_V10 = DATA_DIR / "refusal_labelled_test_v10.jsonl"  # v10's fresh set: five voices, the user's situation first
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -86,17 +90,20 @@ LABELLED_SETS = (  # every set a choice may look at
     DEV_SET_V8,
     TEST_SET_V8,
     DEV_SET_V9,
+    TEST_SET_V9,
+    DEV_SET_V10,
 )
 # what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
-# v8: since v9)
+# v8: since v9; v9: since v10)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path != TEST_SET_V2)
-FRESH_SETS = (TEST_SET_V9,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V10,)  # no choice looks at these
 # only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
 # of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
-WEIGHTS = Path(__file__).parent / "refusal_v9.json"
+WEIGHTS = Path(__file__).parent / "refusal_v10.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
+OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,9 @@ class TrainConfig:
     l2: float = 3e-4
     steps: int = 400
     learning_rate: float = 0.05
+    # the default model's own answers count this many times in the loss: the kit reads its answers most, and its
+    # generic openings ("Dealing with jet lag can be a delicate task.") resemble other voices' deflections (v10)
+    own_answer_weight: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -271,38 +281,50 @@ def default_classifier() -> RefusalClassifier:
 def train(cases: Sequence[LabelledCase], config: TrainConfig = TrainConfig()) -> RefusalClassifier:
     """Fit both heads, each on its own view of every case (the answer alone; the answer with its request);
     deterministic for the same cases and config."""
-    texts, labels = [c.completion for c in cases], [c.label for c in cases]
+    texts, labels, weights = [c.completion for c in cases], [c.label for c in cases], case_weights(cases, config)
     return RefusalClassifier(
-        fit_head(texts, [""] * len(cases), labels, config), fit_head(texts, [c.prompt for c in cases], labels, config)
+        fit_head(texts, [""] * len(cases), labels, config, weights),
+        fit_head(texts, [c.prompt for c in cases], labels, config, weights),
     )
 
 
-def fit_head(texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig) -> SoftmaxHead:
+def case_weights(cases: Sequence[LabelledCase], config: TrainConfig) -> np.ndarray:
+    """Each case's weight in the loss: ``config.own_answer_weight`` for the default model's own answers, else 1."""
+    return np.array([config.own_answer_weight if c.voice in OWN_MODEL_VOICES else 1.0 for c in cases])
+
+
+def fit_head(
+    texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig, weights: np.ndarray
+) -> SoftmaxHead:
     """One head over the features seen in at least ``config.min_count`` of the answers."""
     found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
-    return fit_head_on_features(found, labels, config)
+    return fit_head_on_features(found, labels, config, weights)
 
 
-def fit_head_on_features(found: Sequence[set[str]], labels: Sequence[str], config: TrainConfig) -> SoftmaxHead:
+def fit_head_on_features(
+    found: Sequence[set[str]], labels: Sequence[str], config: TrainConfig, weights: np.ndarray
+) -> SoftmaxHead:
     """``fit_head`` given each answer's feature names (``features``), e.g. computed once for many fits."""
     counts = Counter(name for names in found for name in names)
     vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
     head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)))
-    head.weights, head.bias = fit_softmax(head.rows(found), labels, config)
+    head.weights, head.bias = fit_softmax(head.rows(found), labels, config, weights)
     return head
 
 
 def fit_softmax(
-    x: np.ndarray | sparse.csr_matrix, labels: Sequence[str], config: TrainConfig
+    x: np.ndarray | sparse.csr_matrix, labels: Sequence[str], config: TrainConfig, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weights and bias of a softmax regression on rows ``x``, dense or sparse (full-batch Adam from zero, L2 on the
-    weights)."""
+    weights; the loss is the mean over rows, weighted by ``weights`` when given)."""
     y = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(label) for label in labels]]
+    share = np.full(x.shape[0], 1 / x.shape[0]) if weights is None else np.asarray(weights) / np.sum(weights)
+    share = share.astype(np.float32)[:, None]
     params = [np.zeros((x.shape[1], len(LABELS)), dtype=np.float32), np.zeros(len(LABELS), dtype=np.float32)]
     moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
     x_t = x.T.tocsr() if sparse.issparse(x) else x.T
     for step in range(1, config.steps + 1):
-        error = (_softmax(x @ params[0] + params[1]) - y) / x.shape[0]
+        error = (_softmax(x @ params[0] + params[1]) - y) * share
         grads = [x_t @ error + config.l2 * params[0], error.sum(axis=0)]
         for param, grad, (m, v) in zip(params, grads, moments):
             m *= 0.9
@@ -331,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 9,
+        "version": 10,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
