@@ -28,6 +28,7 @@ from safer_instruct.refusal.classifier import (
     DEV_SET,
     FRESH_SETS,
     OPENING_TOKENS,
+    OWN_MODEL_VOICES,
     REAL_DEV,
     REAL_TEST,
     TEST_SET_V2,
@@ -458,7 +459,7 @@ def test_the_default_models_answers_are_split_by_prompt_and_the_test_half_is_fro
     dev, test = load_cases(REAL_DEV), load_cases(REAL_TEST)
     assert not {c.prompt for c in dev} & {c.prompt for c in test}
     for cases in (dev, test):
-        assert {c.voice for c in cases} == {"smollm2_135m", "smollm2_135m_tuned"}
+        assert {c.voice for c in cases} == OWN_MODEL_VOICES  # the voices training weighs more
         assert {c.label for c in cases} == {"full_compliance", "full_refusal"}  # no answer of theirs was partial
 
 

@@ -318,8 +318,8 @@ def fit_softmax(
     """Weights and bias of a softmax regression on rows ``x``, dense or sparse (full-batch Adam from zero, L2 on the
     weights; the loss is the mean over rows, weighted by ``weights`` when given)."""
     y = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(label) for label in labels]]
-    share = np.full(x.shape[0], 1 / x.shape[0]) if weights is None else np.asarray(weights) / np.sum(weights)
-    share = share.astype(np.float32)[:, None]
+    weights = np.ones(x.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    share = (weights / weights.sum()).astype(np.float32)[:, None]
     params = [np.zeros((x.shape[1], len(LABELS)), dtype=np.float32), np.zeros(len(LABELS), dtype=np.float32)]
     moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
     x_t = x.T.tocsr() if sparse.issparse(x) else x.T
