@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -291,28 +292,47 @@ def test_hidden_states_stop_at_the_deepest_layer_and_match_a_full_pass(local_llm
     assert np.allclose(last[:, 0], full.hidden_states[-1][:, -1].float().numpy(), atol=1e-4)
 
 
-def test_peft_adapter_folder_loads_and_changes_answers(
-    default_model_dir: Path, tmp_path: Path, local_llm: LocalLLM
-) -> None:
-    import torch
+@pytest.fixture(scope="module")
+def adapter_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter on the default model with weights large enough to change its answers."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = tmp_path_factory.mktemp("lora") / "adapter"
     base = AutoModelForCausalLM.from_pretrained(default_model_dir)
     peft_model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.mul_(50)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp_path / "adapter")
+    peft_model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
+    return folder
 
+
+def test_peft_adapter_folder_loads_and_changes_answers(adapter_dir: Path, local_llm: LocalLLM) -> None:
     params = SamplingParams(max_new_tokens=12)
-    with_adapter = make_llm(LLMConfig(model="default", adapter=str(tmp_path / "adapter")), show_progress=False)
-    adapter_as_model = make_llm(LLMConfig(model=str(tmp_path / "adapter")), show_progress=False)
+    with_adapter = make_llm(LLMConfig(model="default", adapter=str(adapter_dir)), show_progress=False)
+    adapter_as_model = make_llm(LLMConfig(model=str(adapter_dir)), show_progress=False)
     expected = with_adapter.generate(CHATS[:1], params)[0].text
     assert adapter_as_model.generate(CHATS[:1], params)[0].text == expected
     assert expected != local_llm.generate(CHATS[:1], params)[0].text
+
+
+def test_merged_adapter_projects_the_last_position_without_copying_the_head(adapter_dir: Path) -> None:
+    """A merged adapter's frozen head, fed the last position of a prompt pass, stays one matrix product: torch
+    would otherwise broadcast the head to every row and copy it (rows x hidden x vocabulary numbers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    llm = make_llm(LLMConfig(model="default", adapter=str(adapter_dir), dtype="float32"), show_progress=False)
+    head = llm.model.get_output_embeddings().weight  # type: ignore[attr-defined]
+    assert not head.requires_grad  # the case torch does not fold
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as run:
+        answers = llm.generate(CHATS, SamplingParams(max_new_tokens=2))
+        llm.loglikelihood(CHATS[:2], ["Paris.", "Red, green and blue."])
+    assert all(a.completion_tokens for a in answers)
+    operands = [math.prod(shape) for event in run.events() for shape in event.input_shapes if shape]
+    assert max(operands) <= head.numel()
 
 
 def test_4bit_loading_generates(default_model_dir: Path) -> None:
