@@ -86,7 +86,12 @@ def project_in_one_product(model) -> None:
     """
     head = model.get_output_embeddings()
     if head is not None:
-        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head.register_forward_pre_hook(_contiguous_first_input)
+
+
+def _contiguous_first_input(module: torch.nn.Module, args: tuple) -> tuple | None:
+    """A forward pre-hook: the positional input made contiguous (None, no change, when it came by keyword)."""
+    return (args[0].contiguous(), *args[1:]) if args else None
 
 
 class LocalLLM(LLM):
