@@ -17,7 +17,6 @@ Without ``--adapter`` a LoRA adapter with random weights on every projection sta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,9 +26,10 @@ from pathlib import Path
 
 import torch
 from common import write_report
-from local_generation import DATA, eval_prompts, paired
+from local_generation import eval_prompts, paired
 
 from safer_instruct.config import LLMConfig
+from safer_instruct.evaluate.sets import PromptSetConfig, load_prompt_set
 from safer_instruct.llm import SamplingParams, make_llm
 from safer_instruct.llm.local import LocalLLM
 from safer_instruct.models import resolve_model
@@ -54,8 +54,8 @@ def random_adapter(folder: Path) -> Path:
 
 def references(count: int) -> tuple[list[list[dict[str, str]]], list[str]]:
     """The benign eval set's prompts and reference answers (what the evaluation scores for capability kept)."""
-    rows = [json.loads(line) for line in (DATA / "benign.jsonl").read_text(encoding="utf-8").splitlines()][:count]
-    return [[{"role": "user", "content": r["prompt"]}] for r in rows], [r["reference"] for r in rows]
+    items = load_prompt_set(PromptSetConfig(kind="benign", limit=count))
+    return [[{"role": "user", "content": item.prompt}] for item in items], [item.reference for item in items]
 
 
 def run_side(llm: LocalLLM, side: str, prompts, params: SamplingParams, scored) -> tuple[list, dict[str, float]]:
