@@ -77,30 +77,34 @@ def resolve_bf16(value: object, device: str | None = None) -> bool:
 
 def busy_cores(samples: int = 3, interval: float = 0.01) -> float:
     """Other tasks running on this machine now: the runnable count of ``/proc/loadavg`` less this process's own
-    running threads (the caller, and torch's workers still spinning after their last task), the median of a few
-    samples, so a task that runs for a moment is not counted (0 where there is no ``/proc``)."""
+    threads running just before or just after it was read (the caller, torch's workers waking and sleeping between
+    tasks), the median of a few samples, so a task that runs for a moment is not counted (0 where there is no
+    ``/proc``)."""
     counts = []
     for sample in range(samples):
+        before = _own_running_threads()
         try:
             runnable = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return 0.0
-        counts.append(max(runnable - _own_running_threads(), 0))
+        own = before | _own_running_threads()
+        counts.append(max(runnable - max(len(own), 1), 0))
         if sample < samples - 1:
             time.sleep(interval)
     return float(statistics.median(counts))
 
 
-def _own_running_threads() -> int:
-    """This process's threads in the running state now (at least 1: the caller)."""
-    running = 0
+def _own_running_threads() -> set[str]:
+    """The ids of this process's threads in the running state now."""
+    running = set()
     for stat in Path("/proc/self/task").glob("*/stat"):
         try:
             state = stat.read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        running += state == "R"
-    return max(running, 1)
+        if state == "R":
+            running.add(stat.parent.name)
+    return running
 
 
 def configure_threads() -> int | None:

@@ -127,8 +127,11 @@ def test_a_spinning_process_counts_as_a_busy_core() -> None:
 
 @pytest.mark.slow  # this process computes in a second thread for a second
 def test_this_process_own_work_is_not_a_busy_core() -> None:
-    """Threads of this process (a generation running beside the one that asks, torch's workers) hold no core from it."""
-    assert extra_busy_cores_while(computing_thread()) <= 0.4
+    """Threads of this process (a generation running beside the one that asks, torch's workers) hold no core from it.
+
+    Another task of the machine may run for a moment while it measures (it did once in CI); it does not last three
+    tries, whereas this process's threads, were they counted, would be there in each."""
+    assert any(extra_busy_cores_while(computing_thread()) <= 0.4 for _ in range(3))
 
 
 @pytest.mark.slow  # a fresh Python that imports the kit and torch, twice
