@@ -12,8 +12,9 @@
 
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
 logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
-(``TrainConfig.families``: n-grams, the answer's opening words and cues; with the requests also request cues) without
-and with the requests, and with ``--hidden-head`` a logistic head on
+(``TrainConfig.families``: n-grams, the answer's opening words and cues; with the requests also request cues and the
+sentence similarities of ``refusal.similarity``) without and with the requests, v10's families with the requests (no
+similarities: the previous release's features on the current data), and with ``--hidden-head`` a logistic head on
 the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
 
     python bench/scoring.py [--hidden-head] [--cv-only | --tests-only] [--test-set PATH ...] [--json PATH]

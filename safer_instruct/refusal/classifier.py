@@ -1,4 +1,4 @@
-"""The shipped three-way refusal classifier: multinomial logistic regression over sparse text features.
+"""The shipped three-way refusal classifier: multinomial logistic regression over text features and similarities.
 
 Features of an answer: its word 1-2-grams (``w``), the phrase-rule cues of ``refusal.cues`` (``c``: a
 decline and where it sits, a turn to compliance, a safe alternative, what is delivered beside a
