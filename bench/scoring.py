@@ -37,12 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_report  # noqa: E402
 
-from safer_instruct.refusal import (  # noqa: E402
-    LABELS,
-    classifier,
-    rule_refusal,
-    similarity,  # noqa: E402
-)
+from safer_instruct.refusal import LABELS, classifier, rule_refusal, similarity  # noqa: E402
 from safer_instruct.refusal.classifier import (  # noqa: E402
     LABELLED_SETS,
     TEST_SETS,
@@ -52,7 +47,6 @@ from safer_instruct.refusal.classifier import (  # noqa: E402
     fit_softmax,
     load_cases,
 )
-from safer_instruct.refusal.similarity import similarities  # noqa: E402
 
 Predict = Callable[[Sequence[str], Sequence[str] | None], list[str]]  # (answers, prompts or None) -> labels
 Fit = Callable[[list[LabelledCase]], Predict]
@@ -101,12 +95,6 @@ def training_features(text: str, families: tuple[str, ...], prompt: str) -> froz
     return frozenset(classifier.features(text, families, prompt))
 
 
-@cache
-def training_similarities(text: str, prompt: str) -> np.ndarray:
-    """``similarity.similarities`` of a training answer, computed once for all the folds that train on it."""
-    return similarities([text], [prompt])[0]
-
-
 def fit_logistic(families: tuple[str, ...], with_prompts: bool) -> Fit:
     """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` and ``q`` request
     cues, ``h`` opening words, ``s`` closeness in meaning to the request): only the head that reads the answers as
@@ -116,9 +104,8 @@ def fit_logistic(families: tuple[str, ...], with_prompts: bool) -> Fit:
     def fit(cases: list[LabelledCase]) -> Predict:
         found = [training_features(c.completion, families, c.prompt if with_prompts else "") for c in cases]
         dense = None
-        if with_prompts and "s" in families:
-            similarities([c.completion for c in cases], [c.prompt for c in cases])  # the encoder's batches, once
-            dense = np.stack([training_similarities(c.completion, c.prompt) for c in cases])
+        if with_prompts and "s" in families:  # training rows are labelled rows: their values are stored
+            dense = similarity.similarities([c.completion for c in cases], [c.prompt for c in cases])
         labels = [c.label for c in cases]
         config = TrainConfig(families=families)
         weights = classifier.case_weights(cases, config)

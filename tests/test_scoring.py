@@ -27,9 +27,9 @@ from safer_instruct.refusal import (
     similarity,
 )
 from safer_instruct.refusal.classifier import (
+    ALL_SETS,
     DEV_SET,
     FRESH_SETS,
-    LABELLED_SETS,
     OPENING_TOKENS,
     OWN_MODEL_VOICES,
     REAL_DEV,
@@ -44,7 +44,6 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V9,
     TEST_SET_V10,
     TEST_SET_V11,
-    TEST_SETS,
     TRAIN_SETS,
     WEIGHTS,
     LabelledCase,
@@ -435,7 +434,7 @@ def test_the_rest_of_an_answer_that_does_the_task_is_closer_to_the_request_than_
 def test_the_stored_similarities_are_the_encoders_for_every_labelled_row() -> None:
     """Every labelled row's ``s`` features are stored (training and these tests read them), and a seeded sample of them
     is what the encoder gives now."""
-    cases = [case for path in dict.fromkeys((*LABELLED_SETS, *TEST_SETS)) for case in load_cases(path)]
+    cases = [case for path in ALL_SETS for case in load_cases(path)]
     stored = similarity.known_pairs()
     assert {similarity.pair_key(c.completion, c.prompt) for c in cases} == set(stored)
     sample = random.Random(0).sample(cases, 24)

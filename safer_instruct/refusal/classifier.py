@@ -110,6 +110,7 @@ FRESH_SETS = (TEST_SET_V11,)  # no choice looks at these
 # only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
 # of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
+ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
 WEIGHTS = Path(__file__).parent / "refusal_v11.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
@@ -403,9 +404,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(WEIGHTS), help="where to write the weights (default: the shipped file)")
     args = parser.parse_args(argv)
-    labelled = [case for path in dict.fromkeys((*LABELLED_SETS, *TEST_SETS)) for case in load_cases(path)]
+    loaded = {path: load_cases(path) for path in ALL_SETS}
+    labelled = [case for cases in loaded.values() for case in cases]
     store_pairs([case.completion for case in labelled], [case.prompt for case in labelled])
-    cases = [case for path in TRAIN_SETS for case in load_cases(path)]
+    cases = [case for path in TRAIN_SETS for case in loaded[path]]
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
