@@ -121,8 +121,11 @@ def computing_thread() -> Iterator[None]:
 
 @pytest.mark.slow  # a spinning process for a second
 def test_a_spinning_process_counts_as_a_busy_core() -> None:
-    """A job holding a core is seen, and counted once."""
-    assert 0.6 <= extra_busy_cores_while(spinning_process()) <= 1.4
+    """A job holding a core is seen, and counted once.
+
+    As below, another task of the machine may run for a moment while it measures (in CI it once did while the quiet
+    baseline was read: 0.0 extra); it does not last three tries."""
+    assert any(0.6 <= extra_busy_cores_while(spinning_process()) <= 1.4 for _ in range(3))
 
 
 @pytest.mark.slow  # this process computes in a second thread for a second
