@@ -31,7 +31,7 @@ JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 ea
     "partial_hedged",
 }
 REFUSAL_FIELDS = {"prompt": str, "completion": str, "label": str, "style": str, "voice": str}
-WRITTEN_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in range(6, 13)), *(f"test_v{n}" for n in range(2, 13)))
+WRITTEN_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in range(6, 14)), *(f"test_v{n}" for n in range(2, 14)))
 REAL_REFUSAL_PARTS = ("real_dev", "real_test")  # the default model's own answers, labelled
 REFUSAL_PARTS = (*WRITTEN_REFUSAL_PARTS, *REAL_REFUSAL_PARTS)
 SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
@@ -60,6 +60,8 @@ REFUSAL_APART = {
     "test_v11": (*(f"test_v{n}" for n in range(2, 11)), "dev", *(f"dev_v{n}" for n in range(6, 12))),
     "dev_v12": ("test_v2", "test_v12"),
     "test_v12": (*(f"test_v{n}" for n in range(2, 12)), "dev", *(f"dev_v{n}" for n in range(6, 13))),
+    "dev_v13": ("test_v2", "test_v13"),
+    "test_v13": (*(f"test_v{n}" for n in range(2, 13)), "dev", *(f"dev_v{n}" for n in range(6, 14))),
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {
