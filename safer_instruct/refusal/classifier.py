@@ -6,16 +6,16 @@ decline, ...) and, when the request is known, ``refusal.prompt_cues`` and the ph
 three-way reading (``p``: an answer that takes up no part of a how-to request is a deflection) and, since v9, the words
 and word pairs of the answer's first tokens again, on their own (``h``: where a decline or a turn to compliance sits;
 only when more of the answer follows, so a short decline is read by its words alone) and, since v11, with the
-request only, five numbers of ``similarity``: how close the whole answer, its opening sentence and the rest come to
+request only, the numbers of ``similarity``: how close the whole answer, its opening sentence and the rest come to
 the request in meaning (``s``: a decline followed by a long alternative is told from a decline followed by the
-answer). Another family,
+answer) and, since v14, how well the answer covers the request's least-covered part (a partial answer). Another family,
 the request's own words when the answer does not engage with it (``q``: which requests such answers dodge), was
 shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v13.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v14.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -33,7 +33,9 @@ domain and small open models) and the former fresh set v9, and, from v11 on, ``d
 fresh set v10, and, from v12 on, ``data/refusal_labelled_dev_v12.jsonl`` (two more authors: deflections that work on
 the request's own material or answer a neighbouring question, against partial answers) and the former fresh set v11,
 and, from v13 on, ``data/refusal_labelled_dev_v13.jsonl`` (two more authors: structured answers in every style, and
-answers whose words point the other way) and the former fresh set v12.
+answers whose words point the other way) and the former fresh set v12, and, from v14 on,
+``data/refusal_labelled_dev_v14.jsonl`` (one more author: partial answers, numbered refusals, plain lists) and the
+former fresh set v13.
 Test set v2 and
 the real test half are only scored (seen: second opinions); the
 fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
@@ -89,6 +91,8 @@ DEV_SET_V12 = DATA_DIR / "refusal_labelled_dev_v12.jsonl"  # v12: two more autho
 TEST_SET_V12 = DATA_DIR / "refusal_labelled_test_v12.jsonl"  # v12's fresh set: five voices, requests that set the form
 DEV_SET_V13 = DATA_DIR / "refusal_labelled_dev_v13.jsonl"  # v13: two more authors, structured and misleading answers
 TEST_SET_V13 = DATA_DIR / "refusal_labelled_test_v13.jsonl"  # v13's fresh set: five voices, requests that say who asks
+DEV_SET_V14 = DATA_DIR / "refusal_labelled_dev_v14.jsonl"  # v14: one more author, partial answers, refusals
+TEST_SET_V14 = DATA_DIR / "refusal_labelled_test_v14.jsonl"  # v14's fresh set: five voices, follow-up requests
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -114,16 +118,18 @@ LABELLED_SETS = (  # every set a choice may look at
     DEV_SET_V12,
     TEST_SET_V12,
     DEV_SET_V13,
+    TEST_SET_V13,
+    DEV_SET_V14,
 )
 # what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
-# v8: since v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13)
+# v8: since v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path != TEST_SET_V2)
-FRESH_SETS = (TEST_SET_V13,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V14,)  # no choice looks at these
 # only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
 # of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS = Path(__file__).parent / "refusal_v13.json"
+WEIGHTS = Path(__file__).parent / "refusal_v14.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -134,7 +140,7 @@ class TrainConfig:
     """How the weights are fitted; the defaults are the shipped ones (chosen by leave-one-voice-out cross-validation)."""
 
     # word n-grams, phrase cues, request cues (v6: without ``q``), the opening words again (v9), the answer's parts'
-    # closeness in meaning to the request (v11; with the request only)
+    # closeness in meaning to the request (v11; with the request only; v14: and the coverage of its parts)
     families: tuple[str, ...] = ("w", "c", "p", "h", "s")
     min_count: int = 3  # a feature must occur in this many training answers
     l2: float = 3e-4
@@ -218,6 +224,8 @@ class SoftmaxHead:
         self.weights = weights.astype(np.float32)
         self.bias = bias.astype(np.float32)
         self.dense = [self.index[name] for name in SIMILARITY_FEATURES if name in self.index]
+        # which of ``similarities``' columns the head reads (a head trained before a column was added lacks it)
+        self.dense_columns = [i for i, name in enumerate(SIMILARITY_FEATURES) if name in self.index]
         if self.dense and scaling is None:
             raise ValueError("the s features need their training mean and spread")
         self.center, self.spread = scaling if self.dense else (np.zeros(0), np.ones(0))
@@ -237,7 +245,7 @@ class SoftmaxHead:
         binary = sparse.csr_matrix((data, flat, starts), shape=(len(found), len(self.vocabulary)))
         if not self.dense:
             return binary
-        values = ((np.asarray(dense) - self.center) / self.spread).astype(np.float32)
+        values = ((np.asarray(dense)[:, self.dense_columns] - self.center) / self.spread).astype(np.float32)
         rows = np.repeat(np.arange(len(found)), len(self.dense))
         block = sparse.csr_matrix((values.ravel(), (rows, np.tile(self.dense, len(found)))), shape=binary.shape)
         return (binary + block).tocsr()
@@ -423,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 13,
+        "version": 14,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),

