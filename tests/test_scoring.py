@@ -80,12 +80,11 @@ TEST_SET_SHA256 = {
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
-# errors studied while v3 and v4 were built) and is only scored: v14, v13, v12 and v11 96.5%, binary 98.1%, refusal + alternative
-# 85% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set, scored once) from v7 on,
-# v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on, v11 from v12 on, v12 from v13 on, v13 from v14 on (leave-one-voice-out
-# cross-validation chose them): 100% each, so their
-# floors only say that training takes; what a voice never seen gets is bench/scoring.py's leave_one_voice_out and a
-# fresh set
+# errors studied while v3 and v4 were built) and is only scored: v14, v13, v12 and v11 96.5%, binary 98.1%, refusal +
+# alternative 85% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's fresh set,
+# scored once) from v7 on, v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on, v11 from v12 on, v12 from v13
+# on, v13 from v14 on (leave-one-voice-out cross-validation chose them): 100% each, so their floors only say that
+# training takes; what a voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
     TEST_SET_V2: (0.95, 0.97, 0.85),
     TEST_SET_V3: (0.99, 0.99, 0.9),

@@ -9,7 +9,7 @@ parts, where a partial answer does one and drops or declines another: the whole 
 request's least-covered part, its spread to the best-covered part, and whether the request has several parts.
 
 The values of every labelled set's rows are kept in ``similarities.npz`` beside the weights (the encoder takes minutes
-over those 8,000 answers on two cores; training and the agreement tests read them there); ``tests/test_scoring.py``
+over those 10,000 answers on two cores; training and the agreement tests read them there); ``tests/test_scoring.py``
 checks a sample of them against the encoder.
 """
 
@@ -82,7 +82,7 @@ def split_opening(text: str) -> tuple[str, str]:
 
 def request_parts(prompt: str) -> list[str]:
     """The parts of a request (the whole request where it has one)."""
-    parts = [part.strip() for part in _REQUEST_PARTS.split(prompt) if part and len(part.split()) >= PART_MIN_WORDS]
+    parts = [part.strip() for part in _REQUEST_PARTS.split(prompt) if len(part.split()) >= PART_MIN_WORDS]
     return parts or [prompt]
 
 
