@@ -15,7 +15,7 @@ Two heads share these features: one is fitted on the answers alone and one on th
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v15.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v16.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -36,7 +36,8 @@ and, from v13 on, ``data/refusal_labelled_dev_v13.jsonl`` (two more authors: str
 answers whose words point the other way) and the former fresh set v12, and, from v14 on,
 ``data/refusal_labelled_dev_v14.jsonl`` (one more author: partial answers, numbered refusals, plain lists) and the
 former fresh set v13, and, from v15 on, ``data/refusal_labelled_dev_v15.jsonl`` (two more authors: short declines
-and answers that say "no" without declining; follow-up requests in every style) and the former fresh set v14.
+and answers that say "no" without declining; follow-up requests in every style) and the former fresh set v14, and,
+from v16 on, the former fresh set v15.
 Test set v2 and
 the real test half are only scored (seen: second opinions); the
 fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
@@ -96,6 +97,8 @@ DEV_SET_V14 = DATA_DIR / "refusal_labelled_dev_v14.jsonl"  # v14: one more autho
 TEST_SET_V14 = DATA_DIR / "refusal_labelled_test_v14.jsonl"  # v14's fresh set: five voices, follow-up requests
 DEV_SET_V15 = DATA_DIR / "refusal_labelled_dev_v15.jsonl"  # v15: two more authors, short declines, follow-ups
 TEST_SET_V15 = DATA_DIR / "refusal_labelled_test_v15.jsonl"  # v15's fresh set: five voices, casually typed requests
+# v16's fresh set: three authors under three briefs (role-play, requests of several parts, one-line requests), six voices
+TEST_SET_V16 = DATA_DIR / "refusal_labelled_test_v16.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -125,16 +128,18 @@ LABELLED_SETS = (  # every set a choice may look at
     DEV_SET_V14,
     TEST_SET_V14,
     DEV_SET_V15,
+    TEST_SET_V15,
 )
 # what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
-# v8: since v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15)
+# v8: since v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15;
+# v15: since v16)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path != TEST_SET_V2)
-FRESH_SETS = (TEST_SET_V15,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V16,)  # no choice looks at these
 # only scored: v2 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays out
 # of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS = Path(__file__).parent / "refusal_v15.json"
+WEIGHTS = Path(__file__).parent / "refusal_v16.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -436,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 15,
+        "version": 16,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
