@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,13 @@ STOPWORDS = set(
 )
 
 
+@cache  # a prompt is compared with thousands of others
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(words(text)) - STOPWORDS
+
+
 def content_jaccard(a: str, b: str) -> float:
-    left, right = set(words(a)) - STOPWORDS, set(words(b)) - STOPWORDS
+    left, right = content_words(a), content_words(b)
     return len(left & right) / len(left | right) if left and right else 0.0
 
 
