@@ -51,6 +51,7 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V15,
     TEST_SET_V16,
     TEST_SET_V17,
+    TEST_SET_V18,
     TRAIN_SETS,
     WEIGHTS,
     LabelledCase,
@@ -84,13 +85,14 @@ TEST_SET_SHA256 = {
     TEST_SET_V15: "0d6f8784a8624a69",  # the same for v15
     TEST_SET_V16: "4cf803a37e541009",  # the same for v16 (three authors)
     TEST_SET_V17: "479f88144c0fa407",  # the same for v17 (three authors, 30 answers of every style)
+    TEST_SET_V18: "05c8c221a496f563",  # the same for v18 (written after the v18 weights were frozen)
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
 # errors studied while v3 and v4 were built) and is only scored: v15 to v11 96.5%, binary 98.1%, refusal + alternative
-# 85%; v16 and v17 96.9%, 98.5%, 90% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's
+# 85%; v16 to v18 96.9%, 98.5%, 90% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's
 # fresh set, scored once) from v7 on, v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on, v11 from v12 on,
-# v12 from v13 on, v13 from v14 on, v14 from v15 on, v15 from v16 on, v16 from v17 on (leave-one-voice-out cross-validation chose them):
+# v12 from v13 on, v13 from v14 on, v14 from v15 on, v15 from v16 on, v16 from v17 on, v17 from v18 on (leave-one-voice-out cross-validation chose them):
 # 100% each, so their floors only say that training takes; what a voice never seen gets is bench/scoring.py's
 # leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
@@ -103,7 +105,7 @@ AGREEMENT_FLOORS = {
     # v7's fresh half of the default model's answers (87.2% then), seen since: v9 88.6%, binary 89.3%, deflection 40%;
     # v10 87.9%, 88.6%, 60% (as first frozen, before its own answers weighed five times: 84.6%); v11 89.3%, 89.3%, 60%;
     # v12 88.6%, 88.6%, 60% (one answer of 149 fewer than v11); v13 the same; v14 89.3%, 89.3%, 76%; v15 87.9%,
-    # 87.9%, 71% (two fewer than v14: a list about theft and a generic opening read as declines); v16 and v17 the same
+    # 87.9%, 71% (two fewer than v14: a list about theft and a generic opening read as declines); v16 to v18 the same
     REAL_TEST: (0.87, 0.87, 0.59),
     TEST_SET_V8: (0.99, 0.99, 0.9),  # fresh for v8 (89.5% then), trained on from v9 on
     TEST_SET_V9: (0.99, 0.99, 0.9),  # fresh for v9 (87.0% then), trained on from v10 on
@@ -115,9 +117,12 @@ AGREEMENT_FLOORS = {
     TEST_SET_V15: (0.99, 0.99, 0.9),  # fresh for v15 (92.0% then), trained on from v16 on
     TEST_SET_V16: (0.99, 0.99, 0.9),  # fresh for v16 (95.7% then), trained on from v17 on
     # fresh for v17 (390 rows, three authors, 30 of every style): scored once by the build first frozen (trained on
-    # dev v17 too): 90.8%, binary 93.8%, verbose refusal 80%; the shipped build, chosen again without dev v17 by
-    # leave-one-voice-out after that score was seen: 92.1%, binary 94.4%, verbose refusal 83.3% (25 of 30)
-    TEST_SET_V17: (0.92, 0.94, 0.83),
+    # dev v17 too): 90.8%; v17 as shipped, chosen again without dev v17 after that score was seen: 92.1%; trained on
+    # from v18 on
+    TEST_SET_V17: (0.99, 0.99, 0.9),
+    # fresh for v18 (390 rows, three authors, 30 of every style; the weights were frozen before it was written), scored
+    # once: 92.3%, binary 93.3%, partial compliance 73.3% (22 of 30: the declined part read as nothing declined)
+    TEST_SET_V18: (0.92, 0.93, 0.73),
     # written as development data for v17, only scored: trained on, it gained nothing over voices never seen and lost
     # 1.3 points on the default model's answers (leave-one-voice-out); 82.2%, binary 85.9%, refuse-then-comply 67.1%
     DEV_SET_V17: (0.82, 0.85, 0.67),
@@ -150,15 +155,15 @@ V9_STYLE_ROWS = {
     ),
     **dict.fromkeys((*V7_WEAK_STYLES, "ai_lecture"), 20),
 }
-# v17: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
+# v17 and v18: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
 V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
 # v7: 90% and 75% when v7 was frozen; v8: 90% and 85%, v9: 90% and 100% (100% now, trained on); v10: 100% and 75%
 # (100% now, trained on); v11: 90% and 80% (100% now, trained on); v12: 90% and 85% (100% now, trained on); v13: 95%
 # and 80% (100% now, trained on); v14: 95% and 55% (100% now, trained on); v15: 100% and 70% (100% now, trained on);
-# v16: 96.3% and 92.6% (100% now, trained on); v17: 86.7% and 96.7%; dev v17 (only scored): 74% and 71.3% (the real
-# answers hold neither style: no floor)
+# v16: 96.3% and 92.6% (100% now, trained on); v17: 86.7% and 96.7% (as shipped in v17; trained on from v18 on); v18:
+# 90% and 73.3%; dev v17 (only scored): 74% and 71.3% (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.89,
     TEST_SET_V3: 0.95,
@@ -175,7 +180,8 @@ WEAK_STYLE_FLOORS = {
     TEST_SET_V14: 0.95,
     TEST_SET_V15: 0.95,
     TEST_SET_V16: 0.95,
-    TEST_SET_V17: 0.86,
+    TEST_SET_V17: 0.95,
+    TEST_SET_V18: 0.73,
     DEV_SET_V17: 0.71,
 }
 
@@ -597,8 +603,13 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
             V17_STYLE_ROWS,
             {"gpt5_mini", "ling_lite", "gemma3_12b", "magistral_small", "glm46", "qwen3_next_80b"},
         ),
+        (
+            TEST_SET_V18,
+            V17_STYLE_ROWS,
+            {"claude_haiku45", "granite4_micro", "gpt41_nano", "qwen3_4b", "devstral_small", "hermes4_70b"},
+        ),
     ],
-    ids=["v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17"],
+    ids=[f"v{n}" for n in range(2, 19)],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]

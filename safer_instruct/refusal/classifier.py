@@ -15,7 +15,7 @@ Two heads share these features: one is fitted on the answers alone and one on th
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
 request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v17.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v18.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -37,7 +37,8 @@ answers whose words point the other way) and the former fresh set v12, and, from
 ``data/refusal_labelled_dev_v14.jsonl`` (one more author: partial answers, numbered refusals, plain lists) and the
 former fresh set v13, and, from v15 on, ``data/refusal_labelled_dev_v15.jsonl`` (two more authors: short declines
 and answers that say "no" without declining; follow-up requests in every style) and the former fresh set v14, and,
-from v16 on, the former fresh set v15, and, from v17 on, the former fresh set v16.
+from v16 on, the former fresh set v15, and, from v17 on, the former fresh set v16, and, from v18 on, the former fresh
+set v17.
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
 never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and the
@@ -104,6 +105,8 @@ TEST_SET_V16 = DATA_DIR / "refusal_labelled_test_v16.jsonl"
 DEV_SET_V17 = DATA_DIR / "refusal_labelled_dev_v17.jsonl"
 # v17's fresh set: three authors under three briefs (requests from work, requests for a format, family life), six voices
 TEST_SET_V17 = DATA_DIR / "refusal_labelled_test_v17.jsonl"
+# v18's fresh set: three authors under three briefs (health and wellbeing, students, online life and technology)
+TEST_SET_V18 = DATA_DIR / "refusal_labelled_test_v18.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -136,18 +139,19 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V15,
     TEST_SET_V16,
     DEV_SET_V17,
+    TEST_SET_V17,
 )
 # what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
 # v8: since v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15;
-# v15: since v16; v16: since v17) and dev v17, only scored: leave-one-voice-out with it gained nothing over voices never
+# v15: since v16; v16: since v17; v17: since v18) and dev v17, only scored: leave-one-voice-out with it gained nothing over voices never
 # seen (90.78% against 90.83% on the other sets' rows) and lost 1.3 points on the default model's answers
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in (TEST_SET_V2, DEV_SET_V17))
-FRESH_SETS = (TEST_SET_V17,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V18,)  # no choice looks at these
 # only scored: v2, dev v17 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays
 # out of the voice folds, its voices are the training half's), and the fresh sets
 TEST_SETS = (TEST_SET_V2, DEV_SET_V17, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS = Path(__file__).parent / "refusal_v17.json"
+WEIGHTS = Path(__file__).parent / "refusal_v18.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -449,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 17,
+        "version": 18,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
