@@ -35,6 +35,7 @@ from safer_instruct.refusal.classifier import (
     OWN_MODEL_VOICES,
     REAL_DEV,
     REAL_TEST,
+    SCORED_ONLY,
     TEST_SET_V2,
     TEST_SET_V3,
     TEST_SET_V4,
@@ -90,11 +91,11 @@ TEST_SET_SHA256 = {
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
 # errors studied while v3 and v4 were built) and is only scored: v15 to v11 96.5%, binary 98.1%, refusal + alternative
-# 85%; v16 to v18 96.9%, 98.5%, 90% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a round's
-# fresh set, scored once) from v7 on, v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on, v11 from v12 on,
-# v12 from v13 on, v13 from v14 on, v14 from v15 on, v15 from v16 on, v16 from v17 on, v17 from v18 on (leave-one-voice-out cross-validation chose them):
-# 100% each, so their floors only say that training takes; what a voice never seen gets is bench/scoring.py's
-# leave_one_voice_out and a fresh set
+# 85%; v16 to v18 96.9%, 98.5%, 90% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a
+# round's fresh set, scored once) from v7 on, v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on, v11 from
+# v12 on, v12 from v13 on, v13 from v14 on, v14 from v15 on, v15 from v16 on, v16 from v17 on, v17 from v18 on
+# (leave-one-voice-out cross-validation chose them): 100% each, so their floors only say that training takes; what a
+# voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
     TEST_SET_V2: (0.95, 0.97, 0.85),
     TEST_SET_V3: (0.99, 0.99, 0.9),
@@ -424,7 +425,7 @@ def test_shipped_weights_are_what_training_on_the_dev_split_gives(tmp_path: Path
         assert getattr(retrained, head).vocabulary == getattr(shipped, head).vocabulary
         assert abs(getattr(retrained, head).weights - getattr(shipped, head).weights).max() < 2e-4
     assert shipped.meta["trained_on"] == {path.name: file_sha256(path) for path in TRAIN_SETS}
-    assert not {TEST_SET_V2, DEV_SET_V17, *FRESH_SETS} & set(TRAIN_SETS)  # only scored
+    assert {TEST_SET_V2, DEV_SET_V17} <= set(SCORED_ONLY) and not {*SCORED_ONLY, *FRESH_SETS} & set(TRAIN_SETS)
 
 
 @pytest.mark.parametrize(

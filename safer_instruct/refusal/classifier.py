@@ -42,7 +42,8 @@ set v17.
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
 never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and the
-real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``) are scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
+real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``) are scored once, after a round's
+classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -99,7 +100,7 @@ DEV_SET_V14 = DATA_DIR / "refusal_labelled_dev_v14.jsonl"  # v14: one more autho
 TEST_SET_V14 = DATA_DIR / "refusal_labelled_test_v14.jsonl"  # v14's fresh set: five voices, follow-up requests
 DEV_SET_V15 = DATA_DIR / "refusal_labelled_dev_v15.jsonl"  # v15: two more authors, short declines, follow-ups
 TEST_SET_V15 = DATA_DIR / "refusal_labelled_test_v15.jsonl"  # v15's fresh set: five voices, casually typed requests
-# v16's fresh set: three authors under three briefs (role-play, requests of several parts, one-line requests), six voices
+# v16's fresh set: three authors under three briefs (role-play, requests of several parts, one-liners), six voices
 TEST_SET_V16 = DATA_DIR / "refusal_labelled_test_v16.jsonl"
 # v17: two more authors (deflections, long partial answers); only scored, see TRAIN_SETS
 DEV_SET_V17 = DATA_DIR / "refusal_labelled_dev_v17.jsonl"
@@ -141,15 +142,18 @@ LABELLED_SETS = (  # every set a choice may look at
     DEV_SET_V17,
     TEST_SET_V17,
 )
-# what the weights are fitted on: all of them but v2, only scored (v3, v4: since v5; v5, v6: since v7; v7: since v8;
-# v8: since v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15;
-# v15: since v16; v16: since v17; v17: since v18) and dev v17, only scored: leave-one-voice-out with it gained nothing over voices never
-# seen (90.78% against 90.83% on the other sets' rows) and lost 1.3 points on the default model's answers
-TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in (TEST_SET_V2, DEV_SET_V17))
+# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
+# (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
+# and lost 1.3 points on the default model's answers)
+SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
+# what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
+# v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
+# v16: since v17; v17: since v18)
+TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
 FRESH_SETS = (TEST_SET_V18,)  # no choice looks at these
-# only scored: v2, dev v17 and v7's fresh half of the default model's answers (seen: second opinions; the real half stays
-# out of the voice folds, its voices are the training half's), and the fresh sets
-TEST_SETS = (TEST_SET_V2, DEV_SET_V17, REAL_TEST, *FRESH_SETS)
+# only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
+# voices are the training half's) and the fresh sets
+TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
 WEIGHTS = Path(__file__).parent / "refusal_v18.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
