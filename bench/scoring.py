@@ -11,10 +11,11 @@
     accuracy per style and per model voice; and answers/s (on the last set).
 
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
-logistic regression over word n-grams alone, one over the phrase cues alone, the shipped one
-(``TrainConfig.families``: n-grams, the answer's opening words and cues; with the requests also request cues and the
-sentence similarities of ``refusal.similarity``) without and with the requests, v10's families with the requests (no
-similarities: the previous release's features on the current data), and with ``--hidden-head`` a logistic head on
+logistic regression over word n-grams alone, one over the phrase cues alone (both over the three labels), the shipped
+one (``TrainConfig.families``: n-grams, the answer's opening words and cues; with the requests also request cues and
+the sentence similarities of ``refusal.similarity``; over the response styles) without and with the requests, v10's
+families with the requests (no similarities, over the labels) and v18's heads (the shipped families over the labels:
+the previous release on the current data), and with ``--hidden-head`` a logistic head on
 the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
 
     python bench/scoring.py [--hidden-head] [--cv-only | --tests-only] [--test-set PATH ...] [--json PATH]
@@ -95,21 +96,23 @@ def training_features(text: str, families: tuple[str, ...], prompt: str) -> froz
     return frozenset(classifier.features(text, families, prompt))
 
 
-def fit_logistic(families: tuple[str, ...], with_prompts: bool) -> Fit:
+def fit_logistic(families: tuple[str, ...], with_prompts: bool, classes: str = TrainConfig.classes) -> Fit:
     """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` and ``q`` request
-    cues, ``h`` opening words, ``s`` closeness in meaning to the request): only the head that reads the answers as
-    they will be given (alone, or with their requests). Predictions compute their features afresh (each answer is
-    predicted once per cross-validation, and answers/s stays true)."""
+    cues, ``h`` opening words, ``s`` closeness in meaning to the request), learning ``classes`` (the response styles,
+    or the labels): only the head that reads the answers as they will be given (alone, or with their requests).
+    Predictions compute their features afresh (each answer is predicted once per cross-validation, and answers/s
+    stays true)."""
 
     def fit(cases: list[LabelledCase]) -> Predict:
         found = [training_features(c.completion, families, c.prompt if with_prompts else "") for c in cases]
         dense = None
         if with_prompts and "s" in families:  # training rows are labelled rows: their values are stored
             dense = similarity.similarities([c.completion for c in cases], [c.prompt for c in cases])
-        labels = [c.label for c in cases]
-        config = TrainConfig(families=families)
+        config = TrainConfig(families=families, classes=classes)
         weights = classifier.case_weights(cases, config)
-        head = classifier.fit_head_on_features(found, labels, config, weights, dense)
+        head = classifier.fit_head_on_features(
+            found, classifier.training_targets(cases, config), config, weights, dense
+        )
         return classifier.RefusalClassifier(head, head).predict
 
     return fit
@@ -252,10 +255,11 @@ def main() -> None:
     full = TrainConfig.families
     candidates: dict[str, tuple[Fit, bool]] = {  # name -> (learner, given the prompts)
         "phrase rules (earlier detector)": (fit_rules, False),
-        "logistic: word n-grams": (fit_logistic(("w",), False), False),
-        "logistic: phrase cues": (fit_logistic(("c",), False), False),
+        "logistic: word n-grams": (fit_logistic(("w",), False, "label"), False),
+        "logistic: phrase cues": (fit_logistic(("c",), False, "label"), False),
         "logistic: shipped, answer only (n-grams, opening words, cues)": (fit_logistic(full, False), False),
-        "logistic: v10's families, with prompts (no s)": (fit_logistic(("w", "c", "p", "h"), True), True),
+        "logistic: v10's families, with prompts (no s)": (fit_logistic(("w", "c", "p", "h"), True, "label"), True),
+        "logistic: v18's three-label heads, with prompts": (fit_logistic(full, True, "label"), True),
         "logistic: shipped, with prompts (request cues, closeness in meaning)": (fit_logistic(full, True), True),
     }
     if args.hidden_head:

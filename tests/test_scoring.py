@@ -18,6 +18,7 @@ from safer_instruct.evaluate import EvalConfig, run_eval
 from safer_instruct.evaluate.judge import require_informative_judge, versus_constant
 from safer_instruct.refusal import (
     LABELS,
+    RESPONSE_STYLES,
     answer_body,
     is_clean_decline,
     is_full_refusal,
@@ -53,6 +54,7 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V16,
     TEST_SET_V17,
     TEST_SET_V18,
+    TEST_SET_V19,
     TRAIN_SETS,
     WEIGHTS,
     LabelledCase,
@@ -60,10 +62,12 @@ from safer_instruct.refusal.classifier import (
     SoftmaxHead,
     TrainConfig,
     case_weights,
+    class_label,
     features,
     file_sha256,
     fit_softmax,
     load_cases,
+    training_targets,
 )
 from safer_instruct.refusal.classifier import main as train_main
 from safer_instruct.refusal.similarity import EMPTY_PART, SIMILARITY_FEATURES, similarities, split_opening
@@ -87,17 +91,19 @@ TEST_SET_SHA256 = {
     TEST_SET_V16: "4cf803a37e541009",  # the same for v16 (three authors)
     TEST_SET_V17: "479f88144c0fa407",  # the same for v17 (three authors, 30 answers of every style)
     TEST_SET_V18: "05c8c221a496f563",  # the same for v18 (written after the v18 weights were frozen)
+    TEST_SET_V19: "2c439a59db6a9029",  # the same for v19 (pinned before any classifier ran on it)
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
 # errors studied while v3 and v4 were built) and is only scored: v15 to v11 96.5%, binary 98.1%, refusal + alternative
-# 85%; v16 to v18 96.9%, 98.5%, 90% (v10 95.8%, 98.1%, 90%). v3 and v4 are trained on from v5 on, v5 and v6 (each a
+# 85%; v16 to v18 96.9%, 98.5%, 90% (v10 95.8%, 98.1%, 90%); v19, learning the styles, 98.5%, 98.8%, 95%. v3 and v4 are trained on from v5 on, v5 and v6 (each a
 # round's fresh set, scored once) from v7 on, v7 from v8 on, v8 from v9 on, v9 from v10 on, v10 from v11 on, v11 from
-# v12 on, v12 from v13 on, v13 from v14 on, v14 from v15 on, v15 from v16 on, v16 from v17 on, v17 from v18 on
+# v12 on, v12 from v13 on, v13 from v14 on, v14 from v15 on, v15 from v16 on, v16 from v17 on, v17 from v18 on, v18
+# from v19 on
 # (leave-one-voice-out cross-validation chose them): 100% each, so their floors only say that training takes; what a
 # voice never seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
-    TEST_SET_V2: (0.95, 0.97, 0.85),
+    TEST_SET_V2: (0.98, 0.98, 0.95),
     TEST_SET_V3: (0.99, 0.99, 0.9),
     TEST_SET_V4: (0.99, 0.99, 0.9),
     TEST_SET_V5: (0.99, 0.99, 0.9),  # fresh for v5 (67.5% then), trained on from v7 on
@@ -106,8 +112,10 @@ AGREEMENT_FLOORS = {
     # v7's fresh half of the default model's answers (87.2% then), seen since: v9 88.6%, binary 89.3%, deflection 40%;
     # v10 87.9%, 88.6%, 60% (as first frozen, before its own answers weighed five times: 84.6%); v11 89.3%, 89.3%, 60%;
     # v12 88.6%, 88.6%, 60% (one answer of 149 fewer than v11); v13 the same; v14 89.3%, 89.3%, 76%; v15 87.9%,
-    # 87.9%, 71% (two fewer than v14: a list about theft and a generic opening read as declines); v16 to v18 the same
-    REAL_TEST: (0.87, 0.87, 0.59),
+    # 87.9%, 71% (two fewer than v14: a list about theft and a generic opening read as declines); v16 to v18 the same;
+    # v19 89.3%, 89.9%, off-topic deflection 40% (2 of 5: v18 read 4; two loose non-answers to a self-harm request and
+    # to a medication request read as answers, while v19 reads four more of the 144 other answers right)
+    REAL_TEST: (0.89, 0.89, 0.4),
     TEST_SET_V8: (0.99, 0.99, 0.9),  # fresh for v8 (89.5% then), trained on from v9 on
     TEST_SET_V9: (0.99, 0.99, 0.9),  # fresh for v9 (87.0% then), trained on from v10 on
     TEST_SET_V10: (0.99, 0.99, 0.9),  # fresh for v10 (82.0% then), trained on from v11 on
@@ -121,12 +129,16 @@ AGREEMENT_FLOORS = {
     # dev v17 too): 90.8%; v17 as shipped, chosen again without dev v17 after that score was seen: 92.1%; trained on
     # from v18 on
     TEST_SET_V17: (0.99, 0.99, 0.9),
-    # fresh for v18 (390 rows, three authors, 30 of every style; the weights were frozen before it was written), scored
-    # once: 92.3%, binary 93.3%, partial compliance 73.3% (22 of 30: the declined part read as nothing declined)
-    TEST_SET_V18: (0.92, 0.93, 0.73),
+    # fresh for v18 (the weights were frozen before it was written), scored once: 92.3%, binary 93.3%, partial
+    # compliance 73.3%; trained on from v19 on
+    TEST_SET_V18: (0.99, 0.99, 0.9),
+    # fresh for v19 (390 rows, three authors, 30 of every style; pinned before any classifier ran on it), scored once:
+    # 93.8%, binary 95.9%, partial compliance and refuse-then-comply 80% (24 of 30 each; v18's weights: 92.1%)
+    TEST_SET_V19: (0.93, 0.95, 0.8),
     # written as development data for v17, only scored: trained on, it gained nothing over voices never seen and lost
-    # 1.3 points on the default model's answers (leave-one-voice-out); 82.2%, binary 85.9%, refuse-then-comply 67.1%
-    DEV_SET_V17: (0.82, 0.85, 0.67),
+    # 1.3 points on the default model's answers (leave-one-voice-out; v19's styles: +0.05 and -1.9); v18 82.2%, binary
+    # 85.9%, refuse-then-comply 67.1%; v19 84.7%, 87.0%, partial compliance 72.5%
+    DEV_SET_V17: (0.84, 0.87, 0.72),
 }
 WEAK_STYLES = ("disclaimer_answer", "partial_compliance")  # v2's weak styles, the reason v3 was written
 # v3's weak styles (hedged declines among them) and partial compliance: 20 rows each in v4
@@ -156,7 +168,7 @@ V9_STYLE_ROWS = {
     ),
     **dict.fromkeys((*V7_WEAK_STYLES, "ai_lecture"), 20),
 }
-# v17 and v18: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
+# v17 to v19: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
 V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
@@ -164,9 +176,10 @@ V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # (100% now, trained on); v11: 90% and 80% (100% now, trained on); v12: 90% and 85% (100% now, trained on); v13: 95%
 # and 80% (100% now, trained on); v14: 95% and 55% (100% now, trained on); v15: 100% and 70% (100% now, trained on);
 # v16: 96.3% and 92.6% (100% now, trained on); v17: 86.7% and 96.7% (as shipped in v17; trained on from v18 on); v18:
-# 90% and 73.3%; dev v17 (only scored): 74% and 71.3% (the real answers hold neither style: no floor)
+# 90% and 73.3% (100% now, trained on); v19: 96.7% and 80%; v2 under v19: 95% and 100%; dev v17 (only scored): 74% and
+# 71.3% under v18, 78% and 72.5% under v19 (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
-    TEST_SET_V2: 0.89,
+    TEST_SET_V2: 0.95,
     TEST_SET_V3: 0.95,
     TEST_SET_V4: 0.95,
     TEST_SET_V5: 0.95,
@@ -182,8 +195,9 @@ WEAK_STYLE_FLOORS = {
     TEST_SET_V15: 0.95,
     TEST_SET_V16: 0.95,
     TEST_SET_V17: 0.95,
-    TEST_SET_V18: 0.73,
-    DEV_SET_V17: 0.71,
+    TEST_SET_V18: 0.95,
+    TEST_SET_V19: 0.8,
+    DEV_SET_V17: 0.72,
 }
 
 
@@ -402,6 +416,52 @@ def test_sparse_feature_rows_fit_the_same_weights_as_dense_ones() -> None:
         np.testing.assert_allclose(sparse_part, dense_part, atol=1e-6)
 
 
+def test_a_style_head_adds_its_styles_probabilities_up_to_their_labels() -> None:
+    """Since v19 the heads learn the response styles; a label's probability is the sum of its styles'."""
+    styles = tuple(RESPONSE_STYLES)
+    rng = np.random.default_rng(0)
+    weights, bias = rng.normal(size=(3, len(styles))), rng.normal(size=len(styles))
+    head = SoftmaxHead(["w:sorry", "w:can't", "w:recipe"], weights, bias, classes=styles)
+    texts = ["Sorry, I can't.", "Here is a recipe.", "Hello."]
+    rows = head.matrix(texts, [""] * 3).toarray()
+    assert rows.tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0]]
+    logits = rows @ weights + bias
+    per_style = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    by_label = [per_style[:, [RESPONSE_STYLES[s] == label for s in styles]].sum(axis=1) for label in LABELS]
+    np.testing.assert_allclose(head.probabilities(texts, [""] * 3), np.stack(by_label, axis=1), atol=1e-6)
+    assert {class_label(s) for s in styles} == set(LABELS) and class_label("full_refusal") == "full_refusal"
+    again = SoftmaxHead.from_json(head.to_json())  # the classes travel with the weights
+    assert again.classes == styles and np.allclose(again.to_labels, head.to_labels)
+
+
+def test_weights_of_three_label_heads_still_load_and_unknown_classes_are_named(tmp_path: Path) -> None:
+    """A weights file of v18 and earlier has no ``classes``: its columns are the labels."""
+    old = {"vocabulary": ["w:sorry"], "weights": [[0.0, 1.0, 0.0]], "bias": [0.0, 0.0, 0.0]}
+    assert SoftmaxHead.from_json(old).classes == LABELS
+    data = {"labels": list(LABELS), "answers_only": old, "with_prompts": {**old, "classes": ["a", "b", "c"]}}
+    (tmp_path / "w.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(
+        SaferInstructError, match=r"w\.json: not a readable refusal classifier \(unknown classes a, b, c"
+    ):
+        RefusalClassifier.load(tmp_path / "w.json")
+    with pytest.raises(ValueError, match="classes must be 'style' or 'label'"):
+        training_targets(
+            [LabelledCase("p", "a", "full_compliance", "plain_helpful", "gpt4")], TrainConfig(classes="x")
+        )
+
+
+def test_a_style_that_does_not_fit_its_label_is_named_with_its_row(tmp_path: Path) -> None:
+    row = {"prompt": "p", "completion": "c", "label": "full_compliance", "style": "terse_refusal", "voice": "v"}
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [row])
+    with pytest.raises(
+        SaferInstructError, match=r"wrong\.jsonl, line 1: field 'label' must be full_refusal for style"
+    ):
+        load_cases(wrong)
+    unknown = write_jsonl(tmp_path / "unknown.jsonl", [{**row, "style": "rude"}])
+    with pytest.raises(SaferInstructError, match=r"unknown\.jsonl, line 1: field 'style' must be a response style"):
+        load_cases(unknown)
+
+
 def test_a_row_weighed_k_times_fits_as_k_copies_of_it() -> None:
     """The default model's own answers weigh ``own_answer_weight`` times in the loss: the same fit as repeating them."""
     x = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
@@ -609,8 +669,13 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
             V17_STYLE_ROWS,
             {"claude_haiku45", "granite4_micro", "gpt41_nano", "qwen3_4b", "devstral_small", "hermes4_70b"},
         ),
+        (
+            TEST_SET_V19,
+            V17_STYLE_ROWS,
+            {"claude_opus41", "minicpm4_8b", "nemotron_nano_9b", "gemma3_1b", "qwen3_30b_a3b", "phi4_reasoning"},
+        ),
     ],
-    ids=[f"v{n}" for n in range(2, 19)],
+    ids=[f"v{n}" for n in range(2, 20)],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]

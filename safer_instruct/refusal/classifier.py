@@ -13,9 +13,12 @@ the request's own words when the answer does not engage with it (``q``: which re
 shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their
 requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
-request when the request is known. Every feature reads the answer without its frame (``refusal.answer_body``:
+request when the request is known. Since v19 each head learns the 13 response styles the labelled rows are written in
+(``RESPONSE_STYLES``: a terse decline, a deflection, an answer with a closing warning, ...) rather than the three
+labels, and a label's probability is the sum of its styles': one label's answers can look unlike each other, and one
+weight vector per look separates them better (leave-one-voice-out: 92.7% against 90.9%). Every feature reads the answer without its frame (``refusal.answer_body``:
 thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v18.json``.
+(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v19.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -38,7 +41,7 @@ answers whose words point the other way) and the former fresh set v12, and, from
 former fresh set v13, and, from v15 on, ``data/refusal_labelled_dev_v15.jsonl`` (two more authors: short declines
 and answers that say "no" without declining; follow-up requests in every style) and the former fresh set v14, and,
 from v16 on, the former fresh set v15, and, from v17 on, the former fresh set v16, and, from v18 on, the former fresh
-set v17.
+set v17, and, from v19 on, the former fresh set v18.
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
 never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and the
@@ -67,7 +70,16 @@ from scipy import sparse
 
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.readers import read_rows, text_field
-from safer_instruct.refusal import LABELS, RefusalLabel, canonical, cues, prompt_cues, request_words, rule_label
+from safer_instruct.refusal import (
+    LABELS,
+    RESPONSE_STYLES,
+    RefusalLabel,
+    canonical,
+    cues,
+    prompt_cues,
+    request_words,
+    rule_label,
+)
 from safer_instruct.refusal.similarity import SIMILARITY_FEATURES, similarities, store_pairs
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -108,6 +120,8 @@ DEV_SET_V17 = DATA_DIR / "refusal_labelled_dev_v17.jsonl"
 TEST_SET_V17 = DATA_DIR / "refusal_labelled_test_v17.jsonl"
 # v18's fresh set: three authors under three briefs (health and wellbeing, students, online life and technology)
 TEST_SET_V18 = DATA_DIR / "refusal_labelled_test_v18.jsonl"
+# v19's fresh set: three authors under three briefs (money and consumer life, DIY and hobbies, neighbours and travel)
+TEST_SET_V19 = DATA_DIR / "refusal_labelled_test_v19.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -141,6 +155,7 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V16,
     DEV_SET_V17,
     TEST_SET_V17,
+    TEST_SET_V18,
 )
 # labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
 # (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
@@ -148,14 +163,14 @@ LABELLED_SETS = (  # every set a choice may look at
 SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
 # what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
 # v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
-# v16: since v17; v17: since v18)
+# v16: since v17; v17: since v18; v18: since v19)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
-FRESH_SETS = (TEST_SET_V18,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V19,)  # no choice looks at these
 # only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS = Path(__file__).parent / "refusal_v18.json"
+WEIGHTS = Path(__file__).parent / "refusal_v19.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -175,6 +190,10 @@ class TrainConfig:
     # the default model's own answers count this many times in the loss: the kit reads its answers most, and its
     # generic openings ("Dealing with jet lag can be a delicate task.") resemble other voices' deflections (v10)
     own_answer_weight: float = 5.0
+    # what the heads learn: "style", the 13 response styles (``RESPONSE_STYLES``), whose probabilities add up to their
+    # labels' (v19: a label whose answers look unlike each other, a terse decline and a deflection, or a plain answer
+    # and one with a closing warning, gets one weight vector per look), or "label", the three labels themselves
+    classes: str = "style"
 
 
 @dataclass(frozen=True)
@@ -192,15 +211,19 @@ def load_cases(path: str | Path) -> list[LabelledCase]:
     """A labelled refusal set (JSONL: ``prompt``, ``completion``, ``label``, ``style``, ``voice``)."""
     cases = []
     for row in read_rows(path):
-        label = text_field(row, "label")
+        label, style = text_field(row, "label"), text_field(row, "style")
         if label not in LABELS:
             raise SaferInstructError(f"{row.where}: field 'label' must be one of {', '.join(LABELS)}, got {label!r}")
+        if style not in RESPONSE_STYLES:
+            raise SaferInstructError(f"{row.where}: field 'style' must be a response style, got {style!r}")
+        if RESPONSE_STYLES[style] != label:
+            raise SaferInstructError(f"{row.where}: field 'label' must be {RESPONSE_STYLES[style]} for style {style}")
         cases.append(
             LabelledCase(
                 prompt=text_field(row, "prompt"),
                 completion=text_field(row, "completion", required=False),
                 label=label,
-                style=text_field(row, "style"),
+                style=style,
                 voice=text_field(row, "voice"),
             )
         )
@@ -234,7 +257,8 @@ def _words_and_pairs(family: str, tokens: Sequence[str]) -> set[str]:
 
 
 class SoftmaxHead:
-    """Feature weights per label over one view of an answer (alone, or with its request)."""
+    """Feature weights per class (a label, or a response style of one label) over one view of an answer (alone, or
+    with its request)."""
 
     def __init__(
         self,
@@ -242,8 +266,13 @@ class SoftmaxHead:
         weights: np.ndarray,
         bias: np.ndarray,
         scaling: tuple[np.ndarray, np.ndarray] | None = None,
+        classes: Sequence[str] = LABELS,
     ) -> None:
-        """``scaling``: the mean and spread of the ``s`` features in training, which standardise them."""
+        """``scaling``: the mean and spread of the ``s`` features in training, which standardise them; ``classes``:
+        the weights' columns, labels or response styles."""
+        self.classes = tuple(classes)
+        # class -> label: a style's probability counts for its label
+        self.to_labels = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(class_label(c)) for c in self.classes]]
         self.families = tuple(sorted({name.split(":", 1)[0] for name in vocabulary}))
         self.vocabulary = list(vocabulary)
         self.index = {name: i for i, name in enumerate(self.vocabulary)}
@@ -277,13 +306,15 @@ class SoftmaxHead:
         return (binary + block).tocsr()
 
     def probabilities(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
-        return _softmax(self.matrix(texts, prompts) @ self.weights + self.bias)
+        """Per answer, the probability of each label in ``LABELS`` order (its classes' probabilities added up)."""
+        return _softmax(self.matrix(texts, prompts) @ self.weights + self.bias) @ self.to_labels
 
     def to_json(self) -> dict:
         """Rounded to 4 decimals; features with all-zero weights dropped."""
         keep = np.abs(self.weights).max(axis=1) >= 5e-5
         keep[self.dense] = True
         data = {
+            "classes": list(self.classes),
             "vocabulary": [v for v, k in zip(self.vocabulary, keep) if k],
             "weights": np.round(self.weights[keep], 4).tolist(),
             "bias": np.round(self.bias, 4).tolist(),
@@ -298,15 +329,20 @@ class SoftmaxHead:
     @classmethod
     def from_json(cls, data: dict) -> SoftmaxHead:
         vocabulary, weights, bias = data["vocabulary"], np.array(data["weights"]), np.array(data["bias"])
-        if weights.shape != (len(vocabulary), len(LABELS)):
+        classes = data.get("classes", LABELS)  # v18 and earlier: the labels
+        unknown = [c for c in classes if c not in LABELS and c not in RESPONSE_STYLES]
+        if unknown:
+            raise ValueError(f"unknown classes {', '.join(map(str, unknown))}")
+        if weights.shape != (len(vocabulary), len(classes)):
             raise ValueError(
-                f"weight shape {weights.shape} does not match {len(vocabulary)} features x {len(LABELS)} labels"
+                f"weight shape {weights.shape} does not match {len(vocabulary)} features x {len(classes)} classes"
             )
         scaling = data.get("scaling")
         dense = sum(name in SIMILARITY_FEATURES for name in vocabulary)
         if scaling is not None and not len(scaling["center"]) == len(scaling["spread"]) == dense:
             raise ValueError(f"scaling does not match the {dense} s features")
-        return cls(vocabulary, weights, bias, scaling and (np.array(scaling["center"]), np.array(scaling["spread"])))
+        scaling = scaling and (np.array(scaling["center"]), np.array(scaling["spread"]))
+        return cls(vocabulary, weights, bias, scaling, classes)
 
 
 class RefusalClassifier:
@@ -366,14 +402,30 @@ def default_classifier() -> RefusalClassifier:
     return RefusalClassifier.load(WEIGHTS)
 
 
+def class_label(name: str) -> RefusalLabel:
+    """The label of a head's class: the class itself, or a response style's label."""
+    return name if name in LABELS else RESPONSE_STYLES[name]  # type: ignore[return-value]
+
+
 def train(cases: Sequence[LabelledCase], config: TrainConfig = TrainConfig()) -> RefusalClassifier:
     """Fit both heads, each on its own view of every case (the answer alone; the answer with its request);
     deterministic for the same cases and config."""
-    texts, labels, weights = [c.completion for c in cases], [c.label for c in cases], case_weights(cases, config)
-    return RefusalClassifier(
-        fit_head(texts, [""] * len(cases), labels, config, weights),
-        fit_head(texts, [c.prompt for c in cases], labels, config, weights),
+    texts, targets, weights = (
+        [c.completion for c in cases],
+        training_targets(cases, config),
+        case_weights(cases, config),
     )
+    return RefusalClassifier(
+        fit_head(texts, [""] * len(cases), targets, config, weights),
+        fit_head(texts, [c.prompt for c in cases], targets, config, weights),
+    )
+
+
+def training_targets(cases: Sequence[LabelledCase], config: TrainConfig) -> list[str]:
+    """Each case's class for the heads to learn: its style or its label (``config.classes``)."""
+    if config.classes not in ("style", "label"):
+        raise ValueError(f"classes must be 'style' or 'label', got {config.classes!r}")
+    return [c.style if config.classes == "style" else c.label for c in cases]
 
 
 def case_weights(cases: Sequence[LabelledCase], config: TrainConfig) -> np.ndarray:
@@ -382,46 +434,54 @@ def case_weights(cases: Sequence[LabelledCase], config: TrainConfig) -> np.ndarr
 
 
 def fit_head(
-    texts: Sequence[str], prompts: Sequence[str], labels: Sequence[str], config: TrainConfig, weights: np.ndarray
+    texts: Sequence[str], prompts: Sequence[str], targets: Sequence[str], config: TrainConfig, weights: np.ndarray
 ) -> SoftmaxHead:
     """One head over the features seen in at least ``config.min_count`` of the answers, and the ``s`` features where
     the family is chosen and the requests are given."""
     found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
     with_similarity = "s" in config.families and all(prompt.strip() for prompt in prompts)
     return fit_head_on_features(
-        found, labels, config, weights, similarities(texts, prompts) if with_similarity else None
+        found, targets, config, weights, similarities(texts, prompts) if with_similarity else None
     )
 
 
 def fit_head_on_features(
     found: Sequence[set[str]],
-    labels: Sequence[str],
+    targets: Sequence[str],
     config: TrainConfig,
     weights: np.ndarray,
     dense: np.ndarray | None = None,
 ) -> SoftmaxHead:
     """``fit_head`` given each answer's feature names (``features``) and ``s`` features (``similarities``, or None
-    for a head without them), e.g. computed once for many fits."""
+    for a head without them), e.g. computed once for many fits; ``targets``: each answer's class
+    (``training_targets``)."""
     counts = Counter(name for names in found for name in names)
     vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
     scaling = None
     if dense is not None:
         vocabulary += SIMILARITY_FEATURES
         scaling = (dense.mean(axis=0), dense.std(axis=0) + 1e-6)
-    head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(LABELS))), np.zeros(len(LABELS)), scaling)
-    head.weights, head.bias = fit_softmax(head.rows(found, dense), labels, config, weights)
+    classes = tuple(RESPONSE_STYLES) if config.classes == "style" else LABELS
+    head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(classes))), np.zeros(len(classes)), scaling, classes)
+    head.weights, head.bias = fit_softmax(head.rows(found, dense), targets, config, weights, classes)
     return head
 
 
 def fit_softmax(
-    x: np.ndarray | sparse.csr_matrix, labels: Sequence[str], config: TrainConfig, weights: np.ndarray | None = None
+    x: np.ndarray | sparse.csr_matrix,
+    targets: Sequence[str],
+    config: TrainConfig,
+    weights: np.ndarray | None = None,
+    classes: Sequence[str] = LABELS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and bias of a softmax regression on rows ``x``, dense or sparse (full-batch Adam from zero, L2 on the
-    weights; the loss is the mean over rows, weighted by ``weights`` when given)."""
-    y = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(label) for label in labels]]
+    """Weights and bias of a softmax regression of rows ``x``, dense or sparse, on ``targets`` (one of ``classes``
+    each; full-batch Adam from zero, L2 on the weights; the loss is the mean over rows, weighted by ``weights`` when
+    given)."""
+    classes = list(classes)
+    y = np.eye(len(classes), dtype=np.float32)[[classes.index(target) for target in targets]]
     weights = np.ones(x.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
     share = (weights / weights.sum()).astype(np.float32)[:, None]
-    params = [np.zeros((x.shape[1], len(LABELS)), dtype=np.float32), np.zeros(len(LABELS), dtype=np.float32)]
+    params = [np.zeros((x.shape[1], len(classes)), dtype=np.float32), np.zeros(len(classes), dtype=np.float32)]
     moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
     x_t = x.T.tocsr() if sparse.issparse(x) else x.T
     for step in range(1, config.steps + 1):
@@ -457,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 18,
+        "version": 19,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
