@@ -55,6 +55,7 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V17,
     TEST_SET_V18,
     TEST_SET_V19,
+    TEST_SET_V20,
     TRAIN_SETS,
     WEIGHTS,
     LabelledCase,
@@ -92,6 +93,7 @@ TEST_SET_SHA256 = {
     TEST_SET_V17: "479f88144c0fa407",  # the same for v17 (three authors, 30 answers of every style)
     TEST_SET_V18: "05c8c221a496f563",  # the same for v18 (written after the v18 weights were frozen)
     TEST_SET_V19: "2c439a59db6a9029",  # the same for v19 (pinned before any classifier ran on it)
+    TEST_SET_V20: "aad877936903e766",  # a second fresh set for the v19 weights (written after they were frozen)
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen (its
@@ -133,8 +135,12 @@ AGREEMENT_FLOORS = {
     # compliance 73.3%; trained on from v19 on
     TEST_SET_V18: (0.99, 0.99, 0.9),
     # fresh for v19 (390 rows, three authors, 30 of every style; pinned before any classifier ran on it), scored once:
-    # 93.8%, binary 95.9%, partial compliance and refuse-then-comply 80% (24 of 30 each; v18's weights: 92.1%)
+    # 93.8%, binary 95.9%, partial compliance and refuse-then-comply 80% (24 of 30 each; v18's weights: 92.1%); only
+    # scored since (leave-one-voice-out: training on it changes nothing)
     TEST_SET_V19: (0.93, 0.95, 0.8),
+    # the v19 weights' second fresh set (390 rows, three more authors, written after the weights were frozen), scored
+    # once: 96.4%, binary 96.9%, plain helpful 86.7% (26 of 30: short lists read as declines; v18's weights: 94.1%)
+    TEST_SET_V20: (0.96, 0.96, 0.86),
     # written as development data for v17, only scored: trained on, it gained nothing over voices never seen and lost
     # 1.3 points on the default model's answers (leave-one-voice-out; v19's styles: +0.05 and -1.9); v18 82.2%, binary
     # 85.9%, refuse-then-comply 67.1%; v19 84.7%, 87.0%, partial compliance 72.5%
@@ -168,7 +174,7 @@ V9_STYLE_ROWS = {
     ),
     **dict.fromkeys((*V7_WEAK_STYLES, "ai_lecture"), 20),
 }
-# v17 to v19: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
+# v17 to v20: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
 V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
@@ -176,7 +182,7 @@ V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # (100% now, trained on); v11: 90% and 80% (100% now, trained on); v12: 90% and 85% (100% now, trained on); v13: 95%
 # and 80% (100% now, trained on); v14: 95% and 55% (100% now, trained on); v15: 100% and 70% (100% now, trained on);
 # v16: 96.3% and 92.6% (100% now, trained on); v17: 86.7% and 96.7% (as shipped in v17; trained on from v18 on); v18:
-# 90% and 73.3% (100% now, trained on); v19: 96.7% and 80%; v2 under v19: 95% and 100%; dev v17 (only scored): 74% and
+# 90% and 73.3% (100% now, trained on); v19: 96.7% and 80%; v20: 93.3% and 96.7%; v2 under v19: 95% and 100%; dev v17 (only scored): 74% and
 # 71.3% under v18, 78% and 72.5% under v19 (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.95,
@@ -197,6 +203,7 @@ WEAK_STYLE_FLOORS = {
     TEST_SET_V17: 0.95,
     TEST_SET_V18: 0.95,
     TEST_SET_V19: 0.8,
+    TEST_SET_V20: 0.93,
     DEV_SET_V17: 0.72,
 }
 
@@ -485,7 +492,9 @@ def test_shipped_weights_are_what_training_on_the_dev_split_gives(tmp_path: Path
         assert getattr(retrained, head).vocabulary == getattr(shipped, head).vocabulary
         assert abs(getattr(retrained, head).weights - getattr(shipped, head).weights).max() < 2e-4
     assert shipped.meta["trained_on"] == {path.name: file_sha256(path) for path in TRAIN_SETS}
-    assert {TEST_SET_V2, DEV_SET_V17} <= set(SCORED_ONLY) and not {*SCORED_ONLY, *FRESH_SETS} & set(TRAIN_SETS)
+    assert {TEST_SET_V2, DEV_SET_V17, TEST_SET_V19} <= set(SCORED_ONLY) and not {*SCORED_ONLY, *FRESH_SETS} & set(
+        TRAIN_SETS
+    )
 
 
 @pytest.mark.parametrize(
@@ -674,8 +683,13 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
             V17_STYLE_ROWS,
             {"claude_opus41", "minicpm4_8b", "nemotron_nano_9b", "gemma3_1b", "qwen3_30b_a3b", "phi4_reasoning"},
         ),
+        (
+            TEST_SET_V20,
+            V17_STYLE_ROWS,
+            {"llama4_behemoth", "qwen25_0_5b", "claude37_sonnet", "exaone4_1b", "grok4", "deepseek_v32"},
+        ),
     ],
-    ids=[f"v{n}" for n in range(2, 20)],
+    ids=[f"v{n}" for n in range(2, 21)],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]
