@@ -11,14 +11,15 @@ the request in meaning (``s``: a decline followed by a long alternative is told 
 answer) and, since v14, how well the answer covers the request's least-covered part (a partial answer). Another family,
 the request's own words when the answer does not engage with it (``q``: which requests such answers dodge), was
 shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
-Two heads share these features: one is fitted on the answers alone and one on the answers with their
-requests, so prompts are optional and a deflection ("Phones are very useful.") is judged against its
-request when the request is known. Since v19 each head learns the 13 response styles the labelled rows are written in
-(``RESPONSE_STYLES``: a terse decline, a deflection, an answer with a closing warning, ...) rather than the three
-labels, and a label's probability is the sum of its styles': one label's answers can look unlike each other, and one
-weight vector per look separates them better (leave-one-voice-out: 92.7% against 90.9%). Every feature reads the answer without its frame (``refusal.answer_body``:
-thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are learned with numpy
-(full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as ``refusal_v19.json``.
+Two heads share these features: one is fitted on the answers alone and one on the answers with their requests, so
+prompts are optional and a deflection ("Phones are very useful.") is judged against its request when the request is
+known. Since v19 each head learns the 13 response styles the labelled rows are written in (``RESPONSE_STYLES``: a terse
+decline, a deflection, an answer with a closing warning, ...) rather than the three labels, and a label's probability
+is the sum of its styles': one label's answers can look unlike each other, and one weight vector per look separates
+them better (leave-one-voice-out: 92.7% against 90.9%). Every feature reads the answer without its frame
+(``refusal.answer_body``: thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are
+learned with numpy (full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as
+``refusal_v19.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
