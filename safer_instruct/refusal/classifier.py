@@ -203,6 +203,15 @@ class TrainConfig:
     # and one with a closing warning, gets one weight vector per look), or "label", the three labels themselves
     classes: str = "style"
 
+    def __post_init__(self) -> None:
+        if self.classes not in ("style", "label"):
+            raise ValueError(f"classes must be 'style' or 'label', got {self.classes!r}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The heads' classes (their weight columns): the response styles or the labels."""
+        return tuple(RESPONSE_STYLES) if self.classes == "style" else LABELS
+
 
 @dataclass(frozen=True)
 class LabelledCase:
@@ -431,8 +440,6 @@ def train(cases: Sequence[LabelledCase], config: TrainConfig = TrainConfig()) ->
 
 def training_targets(cases: Sequence[LabelledCase], config: TrainConfig) -> list[str]:
     """Each case's class for the heads to learn: its style or its label (``config.classes``)."""
-    if config.classes not in ("style", "label"):
-        raise ValueError(f"classes must be 'style' or 'label', got {config.classes!r}")
     return [c.style if config.classes == "style" else c.label for c in cases]
 
 
@@ -469,7 +476,7 @@ def fit_head_on_features(
     if dense is not None:
         vocabulary += SIMILARITY_FEATURES
         scaling = (dense.mean(axis=0), dense.std(axis=0) + 1e-6)
-    classes = tuple(RESPONSE_STYLES) if config.classes == "style" else LABELS
+    classes = config.class_names
     head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(classes))), np.zeros(len(classes)), scaling, classes)
     head.weights, head.bias = fit_softmax(head.rows(found, dense), targets, config, weights, classes)
     return head
