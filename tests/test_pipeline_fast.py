@@ -407,7 +407,7 @@ def test_self_evaluation_keeps_safe_answers_and_clean_declines_skip_the_judge() 
         record(0, "Steal?", expert="Hide it in your sleeve."),
         record(1, "Drive drunk?", expert="Take a cab instead."),
         record(2, "Insult?", expert="I'm sorry, but I can't help with that."),
-        record(3, "Hmm?", expert="maybe fine"),
+        record(3, "Hmm?", expert="maybe fine: rinse it under cold water first."),
     ]
     config = SelfEvaluateConfig(threshold=0.6, accept_refusals=True)
     results = self_evaluate_stage.process(batch_of(records), expert, config, "expert")
