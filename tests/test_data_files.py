@@ -32,7 +32,7 @@ JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 ea
     "partial_hedged",
 }
 REFUSAL_FIELDS = {"prompt": str, "completion": str, "label": str, "style": str, "voice": str}
-WRITTEN_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in (*range(6, 16), 17)), *(f"test_v{n}" for n in range(2, 22)))
+WRITTEN_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in (*range(6, 16), 17)), *(f"test_v{n}" for n in range(2, 23)))
 REAL_REFUSAL_PARTS = ("real_dev", "real_test")  # the default model's own answers, labelled
 REFUSAL_PARTS = (*WRITTEN_REFUSAL_PARTS, *REAL_REFUSAL_PARTS)
 SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
@@ -74,6 +74,7 @@ REFUSAL_APART = {
     "test_v19": (*(f"test_v{n}" for n in range(2, 19)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
     "test_v20": (*(f"test_v{n}" for n in range(2, 20)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
     "test_v21": (*(f"test_v{n}" for n in range(2, 21)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
+    "test_v22": (*(f"test_v{n}" for n in range(2, 22)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {

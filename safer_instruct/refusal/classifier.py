@@ -47,9 +47,10 @@ from v16 on, the former fresh set v15, and, from v17 on, the former fresh set v1
 set v17, and, from v19 on, the former fresh set v18, and, from v20 on, the v19 weights' two fresh sets, v19 and v20.
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
-never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and
-the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``; v21 for the v20 weights) are
-scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
+never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17, v20's
+fresh set v21 (trained on, it changed nothing over voices never seen) and the real test half are only scored (second
+opinions); the fresh sets (``FRESH_SETS``; v22: a second one for the v20 weights) are scored once, after a round's
+classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -139,6 +140,9 @@ TEST_SET_V20 = DATA_DIR / "refusal_labelled_test_v20.jsonl"
 # the v20 weights' fresh set (named v21: the set named v20 was the v19 weights' second): three authors under three
 # briefs (home and household, arts and media, science and history)
 TEST_SET_V21 = DATA_DIR / "refusal_labelled_test_v21.jsonl"
+# a second fresh set for the v20 weights, pinned before any classifier ran on it: sport, fitness and the outdoors; work,
+# office life and money; travel, cars and getting around
+TEST_SET_V22 = DATA_DIR / "refusal_labelled_test_v22.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -175,16 +179,19 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V18,
     TEST_SET_V19,
     TEST_SET_V20,
+    TEST_SET_V21,
 )
-# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
+# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion), dev v17
 # (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
-# and lost 1.3 points on the default model's answers)
-SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
+# and lost 1.3 points on the default model's answers) and v20's fresh set v21 (scored once; leave-one-voice-out with
+# stable folds: +0.05 on the other sets' rows, the default model's answers unchanged, and no new reader gained, so the
+# v20 weights stay as frozen and fresh set v22 scores them a second time)
+SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17, TEST_SET_V21)
 # what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
 # v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
 # v16: since v17; v17: since v18; v18: since v19; v19 and v20, the v19 weights' two fresh sets: since v20)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
-FRESH_SETS = (TEST_SET_V21,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V22,)  # no choice looks at these
 # only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
