@@ -32,7 +32,9 @@ JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 ea
     "partial_hedged",
 }
 REFUSAL_FIELDS = {"prompt": str, "completion": str, "label": str, "style": str, "voice": str}
-WRITTEN_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in (*range(6, 16), 17)), *(f"test_v{n}" for n in range(2, 23)))
+LATEST_TEST_SET = 22  # the refusal sets' test parts are test_v2 to test_v{LATEST_TEST_SET}
+DEV_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in (*range(6, 16), 17)))
+WRITTEN_REFUSAL_PARTS = (*DEV_REFUSAL_PARTS, *(f"test_v{n}" for n in range(2, LATEST_TEST_SET + 1)))
 REAL_REFUSAL_PARTS = ("real_dev", "real_test")  # the default model's own answers, labelled
 REFUSAL_PARTS = (*WRITTEN_REFUSAL_PARTS, *REAL_REFUSAL_PARTS)
 SCHEMAS: dict[str, dict[str, type]] = {  # file -> required field -> type
@@ -69,12 +71,11 @@ REFUSAL_APART = {
     "test_v15": (*(f"test_v{n}" for n in range(2, 15)), "dev", *(f"dev_v{n}" for n in range(6, 16))),
     "test_v16": (*(f"test_v{n}" for n in range(2, 16)), "dev", *(f"dev_v{n}" for n in range(6, 16))),
     "dev_v17": ("test_v2", "test_v17"),
-    "test_v17": (*(f"test_v{n}" for n in range(2, 17)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
-    "test_v18": (*(f"test_v{n}" for n in range(2, 18)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
-    "test_v19": (*(f"test_v{n}" for n in range(2, 19)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
-    "test_v20": (*(f"test_v{n}" for n in range(2, 20)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
-    "test_v21": (*(f"test_v{n}" for n in range(2, 21)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
-    "test_v22": (*(f"test_v{n}" for n in range(2, 22)), "dev", *(f"dev_v{n}" for n in (*range(6, 16), 17))),
+    # the fresh sets since v17: apart from every earlier test set and every development set
+    **{
+        f"test_v{m}": (*(f"test_v{n}" for n in range(2, m)), *DEV_REFUSAL_PARTS)
+        for m in range(17, LATEST_TEST_SET + 1)
+    },
 }
 MAY_BE_EMPTY = {"input"}
 PII_PATTERNS = {

@@ -207,8 +207,8 @@ V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # (100% now, trained on); v14: 95% and 55% (100% now, trained on); v15: 100% and 70% (100% now, trained on); v16: 96.3%
 # and 92.6% (100% now, trained on); v17: 86.7% and 96.7% (as shipped in v17; trained on from v18 on); v18: 90% and
 # 73.3% (100% now, trained on); v19: 96.7% and 80%; v20: 93.3% and 96.7% (both 100% now, trained on); v21: 100% and
-# 80%; v22: 100% and 86.7%; v2 under v19 and v20: 95% and 100%; dev v17 (only scored): 74% and 71.3% under v18, 78% and 72.5% under v19,
-# 86% and 76.3% under v20 (the real answers hold neither style: no floor)
+# 80%; v22: 100% and 86.7%; v2 under v19 and v20: 95% and 100%; dev v17 (only scored): 74% and 71.3% under v18, 78%
+# and 72.5% under v19, 86% and 76.3% under v20 (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.95,
     TEST_SET_V3: 0.95,
