@@ -48,9 +48,10 @@ set v17, and, from v19 on, the former fresh set v18, and, from v20 on, the v19 w
 and, from v23 on, the v20 weights' two fresh sets, v21 and v22 (twelve more voices).
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
-never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and
-the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``; v23 for the v23 weights) are
-scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
+never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17, the
+v23 weights' fresh set v23 and the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``;
+v24: a second one for the v23 weights) are scored once, after a round's classifier is frozen (``bench/scoring.py
+--tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -146,6 +147,9 @@ TEST_SET_V22 = DATA_DIR / "refusal_labelled_test_v22.jsonl"
 # the v23 weights' fresh set, pinned before any classifier ran on it: home, DIY, gardening and pets; school, study,
 # phones and gaming; food, cooking, health and family life
 TEST_SET_V23 = DATA_DIR / "refusal_labelled_test_v23.jsonl"
+# a second fresh set for the v23 weights, pinned before any classifier ran on it: shopping and consumer life; arts,
+# music, writing and hobbies; neighbourhood and civic life
+TEST_SET_V24 = DATA_DIR / "refusal_labelled_test_v24.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -184,17 +188,19 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V20,
     TEST_SET_V21,
     TEST_SET_V22,
+    TEST_SET_V23,
 )
-# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
+# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion), dev v17
 # (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
-# and lost 1.3 points on the default model's answers)
-SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
+# and lost 1.3 points on the default model's answers) and v23's fresh set (scored once; the v23 weights stay as frozen
+# and fresh set v24 scores them a second time)
+SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17, TEST_SET_V23)
 # what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
 # v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
 # v16: since v17; v17: since v18; v18: since v19; v19 and v20, the v19 weights' two fresh sets: since v20; v21 and v22,
 # the v20 weights' two fresh sets: since v23, as more voices, no reader having gained by leave-one-voice-out)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
-FRESH_SETS = (TEST_SET_V23,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V24,)  # no choice looks at these
 # only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
