@@ -219,6 +219,32 @@ V9_STYLE_ROWS = {
 }
 # v17 to v25: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
 V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
+# the voices of each test set since v17 (30 rows of every style: V17_STYLE_ROWS)
+V17_ON_SET_VOICES = {
+    TEST_SET_V17: {"gpt5_mini", "ling_lite", "gemma3_12b", "magistral_small", "glm46", "qwen3_next_80b"},
+    TEST_SET_V18: {"claude_haiku45", "granite4_micro", "gpt41_nano", "qwen3_4b", "devstral_small", "hermes4_70b"},
+    TEST_SET_V19: {"claude_opus41", "minicpm4_8b", "nemotron_nano_9b", "gemma3_1b", "qwen3_30b_a3b", "phi4_reasoning"},
+    TEST_SET_V20: {"llama4_behemoth", "qwen25_0_5b", "claude37_sonnet", "exaone4_1b", "grok4", "deepseek_v32"},
+    TEST_SET_V21: {"gpt4_turbo", "llama32_1b", "o3_mini", "falcon_mamba_7b", "qwen3_max", "smollm2_1_7b"},
+    TEST_SET_V22: {"o4_mini", "gemma2_9b", "claude3_opus", "qwen2_7b", "gemini2_flash", "phi3_mini"},
+    TEST_SET_V23: {"llama3_70b", "stablelm_zephyr_3b", "gpt41", "telco_assistant", "orca2_13b", "gemma_7b"},
+    TEST_SET_V24: {
+        "command_r_plus",
+        "shop_assistant_bot",
+        "claude21",
+        "qwen15_0_5b",
+        "athene_70b",
+        "civic_helpdesk_bot",
+    },
+    TEST_SET_V25: {
+        "deepseek_coder_v2",
+        "isp_support_bot",
+        "mythomax_13b",
+        "llama31_405b",
+        "insurance_claims_bot",
+        "granite3_8b",
+    },
+}
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
 # v7: 90% and 75% when v7 was frozen; v8: 90% and 85%, v9: 90% and 100% (100% now, trained on); v10: 100% and 75% (100%
@@ -778,58 +804,7 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
             V9_STYLE_ROWS,
             {"claude_sonnet45", "command_r7b", "gemini3_flash", "falcon_h1_7b", "deepseek_v31", "olmo2_1b"},
         ),
-        (
-            TEST_SET_V17,
-            V17_STYLE_ROWS,
-            {"gpt5_mini", "ling_lite", "gemma3_12b", "magistral_small", "glm46", "qwen3_next_80b"},
-        ),
-        (
-            TEST_SET_V18,
-            V17_STYLE_ROWS,
-            {"claude_haiku45", "granite4_micro", "gpt41_nano", "qwen3_4b", "devstral_small", "hermes4_70b"},
-        ),
-        (
-            TEST_SET_V19,
-            V17_STYLE_ROWS,
-            {"claude_opus41", "minicpm4_8b", "nemotron_nano_9b", "gemma3_1b", "qwen3_30b_a3b", "phi4_reasoning"},
-        ),
-        (
-            TEST_SET_V20,
-            V17_STYLE_ROWS,
-            {"llama4_behemoth", "qwen25_0_5b", "claude37_sonnet", "exaone4_1b", "grok4", "deepseek_v32"},
-        ),
-        (
-            TEST_SET_V21,
-            V17_STYLE_ROWS,
-            {"gpt4_turbo", "llama32_1b", "o3_mini", "falcon_mamba_7b", "qwen3_max", "smollm2_1_7b"},
-        ),
-        (
-            TEST_SET_V22,
-            V17_STYLE_ROWS,
-            {"o4_mini", "gemma2_9b", "claude3_opus", "qwen2_7b", "gemini2_flash", "phi3_mini"},
-        ),
-        (
-            TEST_SET_V23,
-            V17_STYLE_ROWS,
-            {"llama3_70b", "stablelm_zephyr_3b", "gpt41", "telco_assistant", "orca2_13b", "gemma_7b"},
-        ),
-        (
-            TEST_SET_V24,
-            V17_STYLE_ROWS,
-            {"command_r_plus", "shop_assistant_bot", "claude21", "qwen15_0_5b", "athene_70b", "civic_helpdesk_bot"},
-        ),
-        (
-            TEST_SET_V25,
-            V17_STYLE_ROWS,
-            {
-                "deepseek_coder_v2",
-                "isp_support_bot",
-                "mythomax_13b",
-                "llama31_405b",
-                "insurance_claims_bot",
-                "granite3_8b",
-            },
-        ),
+        *((path, V17_STYLE_ROWS, voices) for path, voices in V17_ON_SET_VOICES.items()),
     ],
     ids=[f"v{n}" for n in range(2, 26)],
 )
