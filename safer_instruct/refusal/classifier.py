@@ -210,7 +210,8 @@ FRESH_SETS = (TEST_SET_V25,)  # no choice looks at these
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS = Path(__file__).parent / "refusal_v25.json"
+WEIGHTS_VERSION = 25  # since v23 the version of the fresh set that scores the weights
+WEIGHTS = Path(__file__).parent / f"refusal_v{WEIGHTS_VERSION}.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
 OWN_MODEL_VOICES = frozenset({"smollm2_135m", "smollm2_135m_tuned"})  # the default model's own answers (``REAL_DEV``)
@@ -577,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = TrainConfig()
     model = train(cases, config)
     model.meta = {
-        "version": 25,
+        "version": WEIGHTS_VERSION,
         "trained_on": {path.name: file_sha256(path) for path in TRAIN_SETS},
         "train_config": {**config.__dict__, "families": list(config.families)},
         "n": len(cases),
