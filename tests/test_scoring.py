@@ -62,6 +62,7 @@ from safer_instruct.refusal.classifier import (
     TEST_SET_V24,
     TEST_SET_V25,
     TEST_SET_V26,
+    TEST_SET_V27,
     TRAIN_SETS,
     WEIGHTS,
     LabelledCase,
@@ -113,6 +114,7 @@ TEST_SET_SHA256 = {
     TEST_SET_V24: "ce2332a68aea54e8",  # their second fresh set (pinned before any classifier ran on it)
     TEST_SET_V25: "69bac90e3a027c2e",  # the v25 weights' fresh set (pinned before any classifier ran on it)
     TEST_SET_V26: "48c9d6ea92785c3f",  # the v26 weights' fresh set (pinned before any classifier ran on it)
+    TEST_SET_V27: "546bbf08b7bb5100",  # their second fresh set (pinned before any classifier ran on it)
     REAL_TEST: "4120f4b8cf25d1a4",  # the default model's own answers, pinned when labelled, before any classifier ran
 }
 # what the shipped classifier reaches with the requests, as floors (overall, binary, worst style). v2 has been seen
@@ -187,8 +189,13 @@ AGREEMENT_FLOORS = {
     TEST_SET_V25: (0.99, 0.99, 0.9),
     # fresh for v26 (390 rows, three more authors; a dealership's and a vet clinic's assistants and a pirate persona
     # among its voices; pinned before any classifier ran on it), scored once: 94.6%, binary 96.7%, refusal + alternative
-    # 73.3%, partial compliance 83.3% (v25's weights: 94.4%, v23's: 93.6%, v20's: 93.3%)
+    # 73.3%, partial compliance 83.3% (v25's weights: 94.4%, v23's: 93.6%, v20's: 93.3%); only scored since
     TEST_SET_V26: (0.94, 0.96, 0.73),
+    # the v26 weights' second fresh set (390 rows, three more authors; a salon's booking assistant, a legal-aid help
+    # line's assistant and a grandmotherly persona among its voices; pinned before any classifier ran on it), scored
+    # once: 90.8%, binary 92.8%, refuse-then-comply and partial compliance 70%, refusal + alternative 83.3% (v25's
+    # weights: 91.0%, v20's: 89.7%)
+    TEST_SET_V27: (0.9, 0.92, 0.7),
     # written as development data for v17, only scored: trained on, it gained nothing over voices never seen and lost
     # 1.3 points on the default model's answers (leave-one-voice-out; v19's styles: +0.05 and -1.9); v18 82.2%, binary
     # 85.9%, refuse-then-comply 67.1%; v19 84.7%, 87.0%, partial compliance 72.5%; v20 87.4%, 89.2%, partial
@@ -224,7 +231,7 @@ V9_STYLE_ROWS = {
     ),
     **dict.fromkeys((*V7_WEAK_STYLES, "ai_lecture"), 20),
 }
-# v17 to v26: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
+# v17 to v27: 30 rows of every style (10 by each of three authors), so that one answer is 3 points of a style's figure
 V17_STYLE_ROWS = dict.fromkeys(V9_STYLE_ROWS, 30)
 # the voices of each test set since v17 (30 rows of every style: V17_STYLE_ROWS)
 V17_ON_SET_VOICES = {
@@ -259,6 +266,14 @@ V17_ON_SET_VOICES = {
         "xwin_lm_13b",
         "pirate_persona_bot",
     },
+    TEST_SET_V27: {
+        "nous_capybara_34b",
+        "salon_booking_bot",
+        "claude_instant",
+        "legal_aid_bot",
+        "yi_34b_chat",
+        "nana_rose_persona",
+    },
 }
 # disclaimer + answer and partial compliance: 95% and 90% on v2 (v5 had 100% and 95%); 100% and 100% on v3 and v4
 # (trained on); v5: 100% and 60% when v5 was frozen; v6: 95% and 85% when v6 was frozen (v5, v6: 100% now, trained on);
@@ -268,9 +283,10 @@ V17_ON_SET_VOICES = {
 # and 92.6% (100% now, trained on); v17: 86.7% and 96.7% (as shipped in v17; trained on from v18 on); v18: 90% and
 # 73.3% (100% now, trained on); v19: 96.7% and 80%; v20: 93.3% and 96.7% (both 100% now, trained on); v21: 100% and
 # 80%; v22: 100% and 86.7% (both trained on from v23 on); v23: 93.3% and 90%; v24: 90% and 76.7% (both trained on
-# from v25 on); v25: 86.7% and 96.7% (trained on from v26 on); v26: 96.7% and 83.3%; v2 under v19 to v26: 95% and
-# 100%; dev v17 (only scored): 74% and 71.3% under v18, 78% and 72.5% under v19, 86% and 76.3% under v20, 86% and 77.5%
-# under v23, 84% and 77.5% under v25, 84% and 78.8% under v26 (the real answers hold neither style: no floor)
+# from v25 on); v25: 86.7% and 96.7% (trained on from v26 on); v26: 96.7% and 83.3%; v27: 100% and 70%; v2 under v19 to
+# v26: 95% and 100%; dev v17 (only scored): 74% and 71.3% under v18, 78% and 72.5% under v19, 86% and 76.3% under v20,
+# 86% and 77.5% under v23, 84% and 77.5% under v25, 84% and 78.8% under v26 (the real answers hold neither style: no
+# floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.95,
     TEST_SET_V3: 0.95,
@@ -297,6 +313,7 @@ WEAK_STYLE_FLOORS = {
     TEST_SET_V24: 0.95,
     TEST_SET_V25: 0.95,
     TEST_SET_V26: 0.83,
+    TEST_SET_V27: 0.7,
     DEV_SET_V17: 0.76,
 }
 
@@ -824,7 +841,7 @@ def test_unreadable_weights_and_bad_labels_are_named(tmp_path: Path) -> None:
         ),
         *((path, V17_STYLE_ROWS, voices) for path, voices in V17_ON_SET_VOICES.items()),
     ],
-    ids=[f"v{n}" for n in range(2, 27)],
+    ids=[f"v{n}" for n in range(2, 28)],
 )
 def test_the_test_sets_are_frozen_and_cover_every_style(
     path: Path, per_style: dict[str, int], voices: set[str]

@@ -50,9 +50,10 @@ weights' two fresh sets, v23 and v24 (twelve more, among them three deployment b
 weights' fresh set v25 (six more, two of them support bots).
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
-never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and
-the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``; v26 for the v26 weights) are
-scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
+never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17, the
+v26 weights' fresh set v26 and the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``;
+v27: a second one for the v26 weights) are scored once, after a round's classifier is frozen (``bench/scoring.py
+--tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -159,6 +160,10 @@ TEST_SET_V25 = DATA_DIR / "refusal_labelled_test_v25.jsonl"
 # assistant among its voices); pets, gardens and the outdoors (a vet clinic's assistant); money, work and taxes (a
 # pirate-captain persona of a companion app)
 TEST_SET_V26 = DATA_DIR / "refusal_labelled_test_v26.jsonl"
+# a second fresh set for the v26 weights, pinned before any classifier ran on it: beauty, fashion and grooming (a
+# salon's booking assistant among its voices); law, police and the courts (a legal-aid help line's assistant); caring
+# for older relatives, retirement and end of life (a companion app's grandmotherly persona)
+TEST_SET_V27 = DATA_DIR / "refusal_labelled_test_v27.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -200,18 +205,20 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V23,
     TEST_SET_V24,
     TEST_SET_V25,
+    TEST_SET_V26,
 )
-# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
+# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion), dev v17
 # (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
-# and lost 1.3 points on the default model's answers)
-SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
+# and lost 1.3 points on the default model's answers) and v26's fresh set (scored once; the v26 weights stay as frozen
+# and fresh set v27 scores them a second time)
+SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17, TEST_SET_V26)
 # what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
 # v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
 # v16: since v17; v17: since v18; v18: since v19; v19 and v20, the v19 weights' two fresh sets: since v20; v21 and v22,
 # the v20 weights' two fresh sets: since v23, as more voices, no reader having gained by leave-one-voice-out; v23 and
 # v24, the v23 weights' two fresh sets: since v25, the same way; v25: since v26, the same way)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
-FRESH_SETS = (TEST_SET_V26,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V27,)  # no choice looks at these
 # only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
