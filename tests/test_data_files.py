@@ -32,7 +32,7 @@ JUDGE_CASE_KINDS = {  # the tricky cases the judge set must cover, at least 4 ea
     "partial_hedged",
 }
 REFUSAL_FIELDS = {"prompt": str, "completion": str, "label": str, "style": str, "voice": str}
-LATEST_TEST_SET = 27  # the refusal sets' test parts are test_v2 to test_v{LATEST_TEST_SET}
+LATEST_TEST_SET = 28  # the refusal sets' test parts are test_v2 to test_v{LATEST_TEST_SET}
 DEV_REFUSAL_PARTS = ("dev", *(f"dev_v{n}" for n in (*range(6, 16), 17)))
 WRITTEN_REFUSAL_PARTS = (*DEV_REFUSAL_PARTS, *(f"test_v{n}" for n in range(2, LATEST_TEST_SET + 1)))
 REAL_REFUSAL_PARTS = ("real_dev", "real_test")  # the default model's own answers, labelled

@@ -21,7 +21,7 @@ is the sum of its styles': one label's answers can look unlike each other, and o
 them better (leave-one-voice-out: 92.7% against 90.9%). Every feature reads the answer without its frame
 (``refusal.answer_body``: thinking before it, stage directions, markdown marks, greetings and sign-offs). Weights are
 learned with numpy (full-batch Adam from zero, L2: deterministic) on ``TRAIN_SETS`` and shipped as
-``refusal_v26.json`` (since v23 the weights are named after the fresh set that scores them).
+``refusal_v28.json`` (since v23 the weights are named after the fresh set that scores them).
 
 ``TRAIN_SETS`` are the development set (``data/refusal_labelled_dev.jsonl``: v1's two halves and the rows v2, v3
 and v4 added for their weak styles) and, from v5 on, the former test sets v3 and v4 (both seen, their errors
@@ -47,13 +47,13 @@ from v16 on, the former fresh set v15, and, from v17 on, the former fresh set v1
 set v17, and, from v19 on, the former fresh set v18, and, from v20 on, the v19 weights' two fresh sets, v19 and v20,
 and, from v23 on, the v20 weights' two fresh sets, v21 and v22 (twelve more voices), and, from v25 on, the v23
 weights' two fresh sets, v23 and v24 (twelve more, among them three deployment bots), and, from v26 on, the v25
-weights' fresh set v25 (six more, two of them support bots).
+weights' fresh set v25 (six more, two of them support bots), and, from v28 on, the v26 weights' two fresh sets, v26
+and v27 (twelve more: four deployment bots and two personas).
 ``data/refusal_labelled_dev_v17.jsonl`` (two more authors: deflections that stay on the topic against loose but real
 answers; partial refusals and caveats inside long answers) is only scored: trained on, it gained nothing over voices
-never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17, the
-v26 weights' fresh set v26 and the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``;
-v27: a second one for the v26 weights) are scored once, after a round's classifier is frozen (``bench/scoring.py
---tests-only``).
+never seen and lost 1.3 points on the default model's own answers (leave-one-voice-out). Test set v2, dev v17 and
+the real test half are only scored (second opinions); the fresh sets (``FRESH_SETS``; v28 for the v28 weights) are
+scored once, after a round's classifier is frozen (``bench/scoring.py --tests-only``).
 
 Retrain (rewrites the shipped file)::
 
@@ -164,6 +164,10 @@ TEST_SET_V26 = DATA_DIR / "refusal_labelled_test_v26.jsonl"
 # salon's booking assistant among its voices); law, police and the courts (a legal-aid help line's assistant); caring
 # for older relatives, retirement and end of life (a companion app's grandmotherly persona)
 TEST_SET_V27 = DATA_DIR / "refusal_labelled_test_v27.jsonl"
+# the v28 weights' fresh set, pinned before any classifier ran on it: weddings, parties and events (an events venue's
+# assistant among its voices); moving house and mortgages (a mortgage broker's assistant); games, gambling and sport
+# (a companion app's game-show host persona)
+TEST_SET_V28 = DATA_DIR / "refusal_labelled_test_v28.jsonl"
 # the default model's own answers (base and the demo's adapters), labelled twice; split by prompt into halves
 REAL_DEV = DATA_DIR / "refusal_labelled_real_dev.jsonl"
 REAL_TEST = DATA_DIR / "refusal_labelled_real_test.jsonl"
@@ -206,24 +210,25 @@ LABELLED_SETS = (  # every set a choice may look at
     TEST_SET_V24,
     TEST_SET_V25,
     TEST_SET_V26,
+    TEST_SET_V27,
 )
-# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion), dev v17
+# labelled sets a choice may look at but the weights are not fitted on: v2 (seen: a second opinion) and dev v17
 # (leave-one-voice-out with it gained nothing over voices never seen, 90.78% against 90.83% on the other sets' rows,
-# and lost 1.3 points on the default model's answers) and v26's fresh set (scored once; the v26 weights stay as frozen
-# and fresh set v27 scores them a second time)
-SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17, TEST_SET_V26)
+# and lost 1.3 points on the default model's answers)
+SCORED_ONLY = (TEST_SET_V2, DEV_SET_V17)
 # what the weights are fitted on: every other labelled set (v3, v4: since v5; v5, v6: since v7; v7: since v8; v8: since
 # v9; v9: since v10; v10: since v11; v11: since v12; v12: since v13; v13: since v14; v14: since v15; v15: since v16;
 # v16: since v17; v17: since v18; v18: since v19; v19 and v20, the v19 weights' two fresh sets: since v20; v21 and v22,
 # the v20 weights' two fresh sets: since v23, as more voices, no reader having gained by leave-one-voice-out; v23 and
-# v24, the v23 weights' two fresh sets: since v25, the same way; v25: since v26, the same way)
+# v24, the v23 weights' two fresh sets: since v25, the same way; v25: since v26, the same way; v26 and v27, the v26
+# weights' two fresh sets: since v28, the same way)
 TRAIN_SETS = tuple(path for path in LABELLED_SETS if path not in SCORED_ONLY)
-FRESH_SETS = (TEST_SET_V27,)  # no choice looks at these
+FRESH_SETS = (TEST_SET_V28,)  # no choice looks at these
 # only scored: those, v7's fresh half of the default model's answers (the real half stays out of the voice folds, its
 # voices are the training half's) and the fresh sets
 TEST_SETS = (*SCORED_ONLY, REAL_TEST, *FRESH_SETS)
 ALL_SETS = tuple(dict.fromkeys((*LABELLED_SETS, *TEST_SETS)))  # every labelled row: its ``s`` features are stored
-WEIGHTS_VERSION = 26  # since v23 the version of the fresh set that scores the weights
+WEIGHTS_VERSION = 28  # since v23 the version of the fresh set that scores the weights
 WEIGHTS = Path(__file__).parent / f"refusal_v{WEIGHTS_VERSION}.json"
 _TOKEN = re.compile(r"[a-z0-9']+|[?!:;]")
 OPENING_TOKENS = 12  # the ``h`` family: the answer's first tokens, read apart from the rest
