@@ -70,9 +70,9 @@ NOT_REFUSALS = [
         "Here is a poem about the sea. I cannot promise it rhymes.",
         marks=pytest.mark.xfail(
             strict=True,
-            reason="v23, v25 and v26 read this caveat, alone, as a full refusal (v26: 45% against 34% compliance; v19 "
-            "and v20 did not, v11 to v18 did); with its request it reads as compliance (the next test); found after v23 "
-            "was frozen and its fresh set scored, so the classifier was not changed for it",
+            reason="v23, v25, v26 and v28 read this caveat, alone, as a full refusal (v28: 46% against 31% "
+            "compliance; v19 and v20 did not, v11 to v18 did); with its request it reads as compliance (the next "
+            "test); found after v23 was frozen and its fresh set scored, so the classifier was not changed for it",
         ),
     ),
     pytest.param(

@@ -129,8 +129,8 @@ TEST_SET_SHA256 = {
 # from v9 on, v9 from v10 on, v10 from v11 on, v11 from v12 on, v12 from v13 on, v13 from v14 on, v14 from v15 on, v15
 # from v16 on, v16 from v17 on, v17 from v18 on, v18 from v19 on, v19 and v20 from v20 on, v21 and v22 from v23 on, v23
 # and v24 from v25 on, v25 from v26 on, v26 and v27 from v28 on (leave-one-voice-out cross-validation chose them, or
-# found them neutral and they add voices): 100% each, so their floors only say that training takes; what a voice never seen gets is bench/scoring.py's
-# leave_one_voice_out and a fresh set
+# found them neutral and they add voices): 100% each, so their floors only say that training takes; what a voice never
+# seen gets is bench/scoring.py's leave_one_voice_out and a fresh set
 AGREEMENT_FLOORS = {
     TEST_SET_V2: (0.98, 0.98, 0.95),
     TEST_SET_V3: (0.99, 0.99, 0.9),
@@ -301,10 +301,10 @@ V17_ON_SET_VOICES = {
 # and 92.6% (100% now, trained on); v17: 86.7% and 96.7% (as shipped in v17; trained on from v18 on); v18: 90% and
 # 73.3% (100% now, trained on); v19: 96.7% and 80%; v20: 93.3% and 96.7% (both 100% now, trained on); v21: 100% and
 # 80%; v22: 100% and 86.7% (both trained on from v23 on); v23: 93.3% and 90%; v24: 90% and 76.7% (both trained on
-# from v25 on); v25: 86.7% and 96.7% (trained on from v26 on); v26: 96.7% and 83.3%; v27: 100% and 70%; v2 under v19 to
-# v26: 95% and 100%; dev v17 (only scored): 74% and 71.3% under v18, 78% and 72.5% under v19, 86% and 76.3% under v20,
-# 86% and 77.5% under v23, 84% and 77.5% under v25, 84% and 78.8% under v26 (the real answers hold neither style: no
-# floor)
+# from v25 on); v25: 86.7% and 96.7% (trained on from v26 on); v26: 96.7% and 83.3%; v27: 100% and 70% (both trained
+# on from v28 on); v28: 83.3% and 80%; v2 under v19 to v28: 95% and 100%; dev v17 (only scored): 74% and 71.3% under
+# v18, 78% and 72.5% under v19, 86% and 76.3% under v20, 86% and 77.5% under v23, 84% and 77.5% under v25, 84% and
+# 78.8% under v26, 86% and 78.8% under v28 (the real answers hold neither style: no floor)
 WEAK_STYLE_FLOORS = {
     TEST_SET_V2: 0.95,
     TEST_SET_V3: 0.95,
